@@ -1,0 +1,94 @@
+"""Glue between a Snakemake ``script:`` job and the library (no snakemake import here).
+
+A rule's script builds nothing itself; it calls :func:`run_job` with the injected ``snakemake``
+object and a ``main(job)`` function. :func:`run_job` validates the config into a typed
+:class:`~dko.config.Config`, sends logging to the rule's log file, sets torch threads and seeds,
+resolves the device, opens the job's MLflow child run, runs ``main`` and closes the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dko.config import Config, config_from_dict, resolve_device
+from dko.tracking import JobTracker
+
+log = logging.getLogger("dko.workflow")
+
+
+@dataclass
+class Job:
+    """What a rule's ``main`` gets: typed config, Snakemake's named lists, device and tracker."""
+
+    cfg: Config
+    rule: str
+    input: Any
+    output: Any
+    params: Any
+    wildcards: dict[str, str]
+    log_path: Path | None
+    threads: int
+    device: Any
+    tracker: JobTracker
+    started_s: float = field(default_factory=time.time)
+
+
+def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
+    """Log to ``log_path`` (created) and to stderr, replacing earlier handlers."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=level, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "matplotlib", "PIL", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch RNGs."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
+    """Run ``main(job)`` for a Snakemake script job; see the module docstring."""
+    import torch
+
+    log_path = Path(smk.log[0]) if len(smk.log) else None
+    configure_logging(log_path)
+    cfg = config_from_dict(smk.config)
+    threads = max(1, min(int(getattr(smk, "threads", 1) or 1), cfg.threads))
+    torch.set_num_threads(threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    wildcards = {k: str(v) for k, v in smk.wildcards.items()}
+    tracker = JobTracker(cfg, rule=smk.rule, wildcards=wildcards)
+    job = Job(cfg=cfg, rule=smk.rule, input=smk.input, output=smk.output, params=smk.params, wildcards=wildcards,
+              log_path=log_path, threads=threads, device=device, tracker=tracker)
+    log.info("rule %s %s on %s with %d thread(s)", smk.rule, wildcards or "", device, threads)
+    try:
+        result = main(job)
+    except BaseException:
+        log.exception("rule %s failed", smk.rule)
+        if log_path is not None:
+            tracker.log_artifact(log_path, "logs")
+        tracker.close("FAILED")
+        raise
+    elapsed = time.time() - job.started_s
+    tracker.log_metrics({"job_wall_s": elapsed})
+    log.info("rule %s finished in %.1f s", smk.rule, elapsed)
+    if log_path is not None:
+        tracker.log_artifact(log_path, "logs")
+    tracker.close("FINISHED")
+    return result

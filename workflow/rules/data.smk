@@ -1,0 +1,14 @@
+# Stage 0: the dataset in DKO's on-disk format (dko.data.format) and its preview figure.
+
+rule prepare_dataset:
+    output:
+        meta=f"{EXP}/data/meta.json",
+        preview=report(f"{EXP}/data/preview.png", caption="../report/dataset.rst", category="Data"),
+    params:
+        data=lambda wc: config["data"],
+        seed=config["seed"],
+    log:
+        f"{EXP}/logs/prepare_dataset.log",
+    threads: config["data"]["workers"]
+    script:
+        "../scripts/prepare_dataset.py"
