@@ -132,3 +132,10 @@ def test_snakefile_rejects_before_any_job(tmp_path, repo_root, venv_bin, raw, ke
     assert "invalid configuration" in proc.stderr + proc.stdout
     assert key in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_config_readme_documents_every_key(repo_root):
+    from dko.config import schema_markdown
+
+    text = (repo_root / "config" / "README.md").read_text()
+    assert schema_markdown() in text, "config/README.md is stale: run python -m dko.config --docs config/README.md"

@@ -282,3 +282,86 @@ def resolve_device(device: str) -> "torch.device":  # noqa: F821
     if device not in ("cpu", "cuda"):
         raise ValueError(f"config key 'device': unknown device '{device}' (auto, cpu, cuda)")
     return torch.device(device)
+
+
+def schema_markdown() -> str:
+    """Markdown tables of every config key (type, default, range, description), from the schema.
+
+    ``config/README.md`` embeds this between markers; a test keeps it in sync.
+    """
+    schema = load_schema()
+    lines: list[str] = []
+
+    def type_of(sub: dict) -> str:
+        kind = sub.get("type", "")
+        kind = " or ".join(kind) if isinstance(kind, list) else kind
+        if "enum" in sub:
+            kind += " (" + " / ".join(map(str, sub["enum"])) + ")"
+        return kind
+
+    def bounds(sub: dict) -> str:
+        parts = []
+        for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+            if key in sub:
+                parts.append(f"{sym} {sub[key]}")
+        if "items" in sub:
+            parts.append("items: " + (bounds(sub["items"]) or type_of(sub["items"])))
+        if "minItems" in sub or "maxItems" in sub:
+            parts.append(f"{sub.get('minItems', 0)}..{sub.get('maxItems', 'n')} items")
+        return ", ".join(parts)
+
+    def table(props: dict, prefix: str) -> None:
+        lines.append("| key | type | default | range | meaning |")
+        lines.append("|---|---|---|---|---|")
+        nested = []
+        for key, sub in props.items():
+            if sub.get("type") == "object":
+                nested.append((key, sub))
+                continue
+            default = json.dumps(sub.get("default"))
+            desc = " ".join(str(sub.get("description", "")).split())
+            lines.append(f"| `{prefix}{key}` | {type_of(sub)} | `{default}` | {bounds(sub)} | {desc} |")
+        for key, sub in nested:
+            lines.append("")
+            lines.append(f"### `{prefix}{key}`")
+            lines.append("")
+            lines.append(" ".join(str(sub.get("description", "")).split()))
+            lines.append("")
+            table(sub["properties"], f"{prefix}{key}.")
+
+    table(schema["properties"], "")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - thin CLI
+    """``python -m dko.config [--docs FILE]``: rewrite the generated part of config/README.md."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="DKO config tools")
+    parser.add_argument("--docs", help="README file whose generated section to rewrite")
+    args = parser.parse_args(argv)
+    if args.docs:
+        update_docs(args.docs)
+    else:
+        print(schema_markdown())
+
+
+DOCS_BEGIN = "<!-- BEGIN GENERATED: python -m dko.config --docs config/README.md -->"
+DOCS_END = "<!-- END GENERATED -->"
+
+
+def update_docs(path: str | Path) -> None:
+    """Replace the text between the generated-section markers of ``path`` with :func:`schema_markdown`."""
+    from dko.io import write_text
+
+    path = Path(path)
+    text = path.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise ValueError(f"file '{path}' lacks the generated-section markers")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    write_text(path, head + DOCS_BEGIN + "\n\n" + schema_markdown() + "\n" + DOCS_END + tail)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
