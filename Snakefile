@@ -21,7 +21,16 @@ except (ValueError, TypeError) as _err:
 config.clear()
 config.update(_resolved)
 CFG = config_from_dict(config)
+# Every output path starts with EXP. Rules read config values ONLY through CONF(wildcards), e.g.
+#   params: settings=lambda wc: CONF(wc)["metaatoms"]
+# and call expand(..., allow_missing=True), so that a sweep (issue 7) can turn EXP into a pattern
+# with a per-combination wildcard and give every combination its own config.
 EXP = f"{config['results_dir']}/{config['experiment']}"
+
+
+def CONF(wildcards=None):
+    """The resolved config (a dict) that applies to a job with these wildcards."""
+    return config
 
 
 report: "workflow/report/workflow.rst"

@@ -5,10 +5,10 @@ rule prepare_dataset:
         meta=f"{EXP}/data/meta.json",
         preview=report(f"{EXP}/data/preview.png", caption="../report/dataset.rst", category="Data"),
     params:
-        data=lambda wc: config["data"],
-        seed=config["seed"],
+        data=lambda wc: CONF(wc)["data"],
+        seed=lambda wc: CONF(wc)["seed"],
     log:
         f"{EXP}/logs/prepare_dataset.log",
-    threads: config["data"]["workers"]
+    threads: lambda wc: CONF(wc)["data"]["workers"]
     script:
         "../scripts/prepare_dataset.py"
