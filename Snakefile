@@ -11,7 +11,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+import re
+
 from dko.config import config_from_dict, resolve_config
+from dko.sweep import sweep_points
 
 # Validate (JSON Schema + semantic checks) before the DAG is built; config then holds every key.
 try:
@@ -21,15 +24,30 @@ except (ValueError, TypeError) as _err:
 config.clear()
 config.update(_resolved)
 CFG = config_from_dict(config)
+try:
+    SWEEP = sweep_points(config)  # {point id: resolved config}; empty without a sweep
+except ValueError as _err:
+    raise WorkflowError(f"invalid configuration: {_err}")
+
 # Every output path starts with EXP. Rules read config values ONLY through CONF(wildcards), e.g.
 #   params: settings=lambda wc: CONF(wc)["metaatoms"]
-# and call expand(..., allow_missing=True), so that a sweep (issue 7) can turn EXP into a pattern
-# with a per-combination wildcard and give every combination its own config.
-EXP = f"{config['results_dir']}/{config['experiment']}"
+# and call expand(..., allow_missing=True): in a sweep EXP holds the wildcard {point} and every
+# point has its own config. Rule files add their final outputs to TARGETS.
+if SWEEP:
+    EXP = f"{config['results_dir']}/{config['experiment']}/sweep/{{point}}"
+
+    wildcard_constraints:
+        point="|".join(re.escape(p) for p in SWEEP),
+
+else:
+    EXP = f"{config['results_dir']}/{config['experiment']}"
+TARGETS = []
 
 
 def CONF(wildcards=None):
     """The resolved config (a dict) that applies to a job with these wildcards."""
+    if SWEEP:
+        return SWEEP[wildcards.point]
     return config
 
 
@@ -42,8 +60,7 @@ include: "workflow/rules/data.smk"
 rule all:
     default_target: True
     input:
-        f"{EXP}/data/meta.json",
-        f"{EXP}/data/preview.png",
+        expand(TARGETS, point=list(SWEEP)) if SWEEP else TARGETS,
 
 
 onstart:

@@ -20,7 +20,7 @@ def test_every_schema_key_is_described_and_defaulted():
         for key, sub in props.items():
             assert "description" in sub, f"{path}{key} lacks a description"
             assert "default" in sub, f"{path}{key} lacks a default"
-            if sub.get("type") == "object":
+            if sub.get("type") == "object" and "properties" in sub:
                 assert sub.get("additionalProperties") is False, f"{path}{key} accepts unknown keys"
                 walk(sub["properties"], f"{path}{key}.")
 
@@ -40,7 +40,7 @@ def test_dataclasses_mirror_the_schema():
         assert fields == set(props), f"{path or '<root>'}: schema {sorted(props)} vs dataclass {sorted(fields)}"
         instance = cls()
         for key, sub in props.items():
-            if sub.get("type") == "object":
+            if sub.get("type") == "object" and "properties" in sub:
                 assert dataclasses.is_dataclass(hints[key]), f"{path}{key} is not a dataclass section"
                 compare(sub["properties"], hints[key], f"{path}{key}.")
             else:

@@ -27,7 +27,7 @@ def _snakemake(venv_bin: Path, repo_root: Path, *args: str, timeout: int = 900) 
 def test_dag_builds(repo_root, venv_bin, name):
     proc = _snakemake(venv_bin, repo_root, "-n", "--cores", "2", "--configfile", f"config/{name}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "prepare_dataset" in proc.stdout
+    assert "prepare_dataset" in proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,12 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    grid: dict = field(default_factory=dict)
+    table: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "default"
     results_dir: str = "results"
@@ -96,6 +102,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def experiment_dir(self) -> Path:
@@ -110,7 +117,7 @@ class Config:
 # ----------------------------------------------------------------------------- validation
 def _fill_defaults(instance: Any, schema: Mapping) -> Any:
     """Return ``instance`` with schema defaults inserted for missing object keys (recursively)."""
-    if not isinstance(instance, dict) or schema.get("type") != "object":
+    if not isinstance(instance, dict) or schema.get("type") != "object" or "properties" not in schema:
         return instance
     out = dict(instance)
     for key, sub in schema.get("properties", {}).items():
@@ -315,7 +322,7 @@ def schema_markdown() -> str:
         lines.append("|---|---|---|---|---|")
         nested = []
         for key, sub in props.items():
-            if sub.get("type") == "object":
+            if sub.get("type") == "object" and "properties" in sub:
                 nested.append((key, sub))
                 continue
             default = json.dumps(sub.get("default"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dko.config import Config, config_from_dict, resolve_device
+from dko.sweep import point_config
 from dko.tracking import JobTracker
 
 log = logging.getLogger("dko.workflow")
@@ -67,12 +68,13 @@ def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
 
     log_path = Path(smk.log[0]) if len(smk.log) else None
     configure_logging(log_path)
-    cfg = config_from_dict(smk.config)
+    wildcards = {k: str(v) for k, v in smk.wildcards.items()}
+    raw = point_config(smk.config, wildcards["point"]) if "point" in wildcards else smk.config
+    cfg = config_from_dict(raw)
     threads = max(1, min(int(getattr(smk, "threads", 1) or 1), cfg.threads))
     torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    wildcards = {k: str(v) for k, v in smk.wildcards.items()}
     tracker = JobTracker(cfg, rule=smk.rule, wildcards=wildcards)
     job = Job(cfg=cfg, rule=smk.rule, input=smk.input, output=smk.output, params=smk.params, wildcards=wildcards,
               log_path=log_path, threads=threads, device=device, tracker=tracker)

@@ -12,3 +12,6 @@ rule prepare_dataset:
     threads: lambda wc: CONF(wc)["data"]["workers"]
     script:
         "../scripts/prepare_dataset.py"
+
+
+TARGETS += [f"{EXP}/data/meta.json", f"{EXP}/data/preview.png"]
