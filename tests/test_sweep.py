@@ -60,7 +60,7 @@ def test_sweep_expands_the_dag(tmp_path, repo_root, venv_bin):
            "data": {"height": 32, "width": 96, "n_train": 8, "n_val": 2, "n_test": 2},
            "sweep": {"grid": {"seed": [0, 1], "data.min_depth_m": [0.5, 1.0]}}}
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = subprocess.run([str(venv_bin / "snakemake"), "-n", "--cores", "1", "--configfile", str(path),
                            "--directory", str(repo_root)], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
