@@ -1,0 +1,320 @@
+"""KITTI reader: raw camera images + the official annotated depth maps -> :mod:`dko.data.format`.
+
+Expected input layout (``cfg.data.root``)::
+
+    <root>/<date>/<date>_drive_XXXX_sync/image_02/data/<frame:010d>.png      left colour camera
+    <root>/<date>/<date>_drive_XXXX_sync/image_03/data/<frame:010d>.png      right colour camera
+        (``.jpg`` is accepted as well: Monodepth2 users often convert the PNGs to JPEG)
+    <root>/data_depth_annotated/{train,val}/<date>_drive_XXXX_sync/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png
+        the official annotated depth maps (KITTI depth benchmark, ``data_depth_annotated.zip``):
+        uint16 PNG of the same size as the image, depth = value / 256 metres, 0 = no ground truth
+    <split_dir>/{train,val,test}_files.txt
+        split lists in Monodepth2 format, one frame a line: ``<date>/<drive_folder> <frame> <l|r>``,
+        e.g. ``2011_09_26/2011_09_26_drive_0002_sync 69 l`` (``l`` = image_02, ``r`` = image_03).
+        ``split_dir`` defaults to ``<root>/splits/eigen``; all three files are required (Monodepth2's own
+        ``eigen`` folder ships only ``test_files.txt``: copy e.g. ``eigen_zhou``'s train/val lists next to it).
+
+The ground truth of a drive is looked up in ``data_depth_annotated/train`` and then ``.../val`` (the official
+benchmark assigns each drive to one of them; Eigen's split lists ignore that assignment). Split lines whose frame has
+no annotated depth map (there are such frames in the Eigen test split) are skipped with a logged warning and
+counted in ``meta.json`` (``missing_gt``). ``data.n_<split>`` keeps the first N usable lines (null = all).
+
+Resizing to ``(data.height, data.width)``:
+
+* images: Pillow's bilinear resampling, which widens its triangle kernel by the reduction factor, i.e. proper
+  anti-aliasing when shrinking (uint8 in, uint8 out);
+* sparse ground truth: **no depth is invented**. Every valid source sample is assigned to the target pixel whose
+  footprint contains its centre; a target pixel takes the value of the valid sample whose centre lies *nearest to
+  the target pixel's centre* (ties: the smaller depth, i.e. the nearer surface), and 0 where no valid sample falls in
+  it. Output values are therefore always measured LiDAR depths; with an unchanged size the map is copied exactly.
+
+Depths are stored raw (value / 256 m; 0 = invalid): the depth caps ``data.min_depth_m`` / ``data.max_depth_m`` and the
+Garg/Eigen crop are applied by the metrics (protocol ``kitti``), not here. Frames are converted in
+``data.workers`` processes; the output does not depend on the worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dko.config import Config
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "val", "test")
+CAMERA = {"l": "image_02", "r": "image_03"}
+DEPTH_SCALE = 256.0        # annotated depth PNG: metres = value / 256
+GT_SUBSETS = ("train", "val")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class KittiFrame:
+    """One line of a split file. ``folder`` is ``<date>/<drive>_sync``; ``side`` is ``l`` or ``r``."""
+
+    folder: str
+    frame: int
+    side: str
+    source: str        # "<split file>:<line number>" for error messages
+
+    @property
+    def drive(self) -> str:
+        return Path(self.folder).name
+
+    @property
+    def camera(self) -> str:
+        return CAMERA[self.side]
+
+    @property
+    def name(self) -> str:
+        return f"{self.drive}/{self.camera}/{self.frame:010d}"
+
+
+def read_split_file(path: Path) -> list[KittiFrame]:
+    """Parse a Monodepth2 split list (``<date>/<drive> <frame> <l|r>`` per line; blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"KITTI split file '{path}' does not exist")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"KITTI split file '{path}' cannot be read: {exc}") from exc
+    frames = []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{path}:{number}"
+        if len(parts) != 3 or parts[2] not in CAMERA or not parts[1].isdigit():
+            raise ValueError(f"KITTI split file '{path}' line {number}: expected '<date>/<drive> <frame> <l|r>', "
+                             f"got '{line.strip()}'")
+        frames.append(KittiFrame(folder=parts[0].strip("/"), frame=int(parts[1]), side=parts[2], source=where))
+    if not frames:
+        raise ValueError(f"KITTI split file '{path}' lists no frames")
+    return frames
+
+
+def image_path(root: Path, frame: KittiFrame) -> Path:
+    """The raw image file of ``frame`` (.png, else .jpg/.jpeg); ValueError naming the file when none exists."""
+    base = Path(root) / frame.folder / frame.camera / "data" / f"{frame.frame:010d}"
+    for ext in IMAGE_EXTENSIONS:
+        candidate = base.with_suffix(ext)
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"KITTI image '{base.with_suffix('.png')}' (or .jpg) does not exist (listed in {frame.source})")
+
+
+def gt_path(root: Path, frame: KittiFrame) -> Path | None:
+    """The annotated depth map of ``frame`` (searched in the train, then the val subset), or None."""
+    for subset in GT_SUBSETS:
+        candidate = (Path(root) / "data_depth_annotated" / subset / frame.drive / "proj_depth" / "groundtruth"
+                     / frame.camera / f"{frame.frame:010d}.png")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read an 8-bit colour image as uint8 (H, W, 3); ValueError naming the file if it is not a readable image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                if img.mode in ("I;16", "I;16B", "I", "F"):
+                    raise ValueError(f"image '{path}' is not an 8-bit colour image (mode {img.mode})")
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, SyntaxError) as exc:       # PIL: UnidentifiedImageError / truncated file
+        raise ValueError(f"image '{path}' is corrupt or not an image: {exc}") from exc
+
+
+def read_depth_png(path: Path) -> np.ndarray:
+    """Read a KITTI annotated depth PNG (uint16, value / 256 m, 0 = invalid) as float32 (H, W) metres."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            raw = np.asarray(img)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"depth map '{path}' is corrupt or not an image: {exc}") from exc
+    if mode not in ("I;16", "I;16B", "I;16L", "I") or raw.ndim != 2:
+        raise ValueError(f"depth map '{path}' is not a 16-bit single-channel PNG (mode {mode})")
+    if raw.dtype != np.uint16:
+        if raw.min() < 0 or raw.max() > 65535:
+            raise ValueError(f"depth map '{path}' has values outside the uint16 range")
+        raw = raw.astype(np.uint16)
+    return raw.astype(np.float32) / np.float32(DEPTH_SCALE)   # exact: 16 + 8 bits fit the float32 mantissa
+
+
+def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 (h, w, 3) to (height, width, 3) with anti-aliased bilinear resampling (Pillow)."""
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    out = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def resize_sparse_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a sparse depth map without inventing values (see the module docstring).
+
+    Args:
+        depth: float (h, w) metres, 0 (or non-finite) = invalid.
+        height, width: target size.
+    Returns:
+        float32 (height, width): per target pixel the valid source sample nearest to its centre (ties: smaller
+        depth), 0 where no valid source sample's centre falls inside the target pixel.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    h, w = depth.shape
+    out = np.zeros((height, width), np.float32)
+    rows, cols = np.nonzero(np.isfinite(depth) & (depth > 0))
+    if rows.size == 0:
+        return out
+    values = depth[rows, cols]
+    sy, sx = height / h, width / w
+    ty = np.minimum(np.floor((rows + 0.5) * sy).astype(np.int64), height - 1)
+    tx = np.minimum(np.floor((cols + 0.5) * sx).astype(np.int64), width - 1)
+    cy = (ty + 0.5) / sy - 0.5           # target pixel centres in source pixel coordinates
+    cx = (tx + 0.5) / sx - 0.5
+    dist2 = (rows - cy) ** 2 + (cols - cx) ** 2
+    target = ty * width + tx
+    order = np.lexsort((values, dist2, target))          # by target, then distance, then depth
+    target_sorted = target[order]
+    first = np.ones(order.size, bool)
+    first[1:] = target_sorted[1:] != target_sorted[:-1]
+    winners = order[first]
+    out.reshape(-1)[target[winners]] = values[winners]
+    return out
+
+
+def _convert(job: tuple) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Worker: (image file, depth file, height, width) -> resized uint8 image, float32 depth, original (h, w)."""
+    img_file, gt_file, height, width = job
+    image = read_rgb(Path(img_file))
+    depth = read_depth_png(Path(gt_file))
+    if depth.shape != image.shape[:2]:
+        raise ValueError(f"depth map '{gt_file}' is {depth.shape[1]}x{depth.shape[0]} but image '{img_file}' is "
+                         f"{image.shape[1]}x{image.shape[0]}")
+    return resize_rgb(image, height, width), resize_sparse_depth(depth, height, width), image.shape[:2]
+
+
+def _pool_context():
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
+    """Convert KITTI (layout in the module docstring) into the dataset folder ``out_dir`` (:mod:`dko.data.format`).
+
+    Uses ``cfg.data.{root, split_dir, height, width, n_train, n_val, n_test, min_depth_m, max_depth_m, workers}``.
+    Returns a summary: ``n_<split>`` (frames written), ``missing_gt_<split>`` (split lines skipped for lack of an
+    annotated depth map), ``valid_fraction_<split>`` (share of pixels with ground truth after resizing),
+    ``convert_s`` and ``workers``. Raises ValueError naming the file for a missing root / split file / image or a
+    corrupt PNG, and when a split has no usable frame.
+    """
+    from tqdm import tqdm
+
+    from dko.data.format import SplitWriter, write_meta
+
+    data = cfg.data
+    if data.root is None:
+        raise ValueError("config key 'data.root' is required for data.source=kitti")
+    root = Path(data.root)
+    if not root.is_dir():
+        raise ValueError(f"config key 'data.root': KITTI folder '{root}' does not exist")
+    split_dir = Path(data.split_dir) if data.split_dir is not None else root / "splits" / "eigen"
+    if not split_dir.is_dir():
+        raise ValueError(f"KITTI split folder '{split_dir}' does not exist (config key 'data.split_dir')")
+    H, W = int(data.height), int(data.width)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)     # meta.json marks a complete dataset: drop a stale one
+
+    # select frames: the first n usable lines of every split (those with an annotated depth map)
+    plan: dict[str, list[tuple[KittiFrame, Path, Path]]] = {}
+    missing: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    split_files: dict[str, str] = {}
+    for split in SPLIT_NAMES:
+        path = split_dir / f"{split}_files.txt"
+        frames = read_split_file(path)
+        split_files[split] = str(path)
+        lines[split] = len(frames)
+        limit = getattr(data, f"n_{split}")
+        chosen, skipped = [], []
+        for frame in frames:
+            if limit is not None and len(chosen) >= limit:
+                break
+            gt = gt_path(root, frame)
+            if gt is None:
+                skipped.append(frame)
+                continue
+            chosen.append((frame, image_path(root, frame), gt))
+        missing[split] = len(skipped)
+        for frame in skipped[:5]:
+            log.warning("KITTI %s: no annotated depth map for %s (%s); skipped", split, frame.name, frame.source)
+        if len(skipped) > 5:
+            log.warning("KITTI %s: %d more frames without annotated depth skipped", split, len(skipped) - 5)
+        if not chosen:
+            raise ValueError(f"KITTI split file '{path}': none of its {len(frames)} frames has an annotated depth map "
+                             f"under '{root / 'data_depth_annotated'}'")
+        if limit is not None and len(chosen) < limit:
+            log.warning("KITTI %s: only %d usable frames (data.n_%s = %d)", split, len(chosen), split, limit)
+        plan[split] = chosen
+
+    start = time.perf_counter()
+    total = sum(len(v) for v in plan.values())
+    workers = max(1, min(int(data.workers), os.cpu_count() or 1, total))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
+    sizes: Counter = Counter()
+    valid_fraction: dict[str, float] = {}
+    try:
+        for split, chosen in plan.items():
+            jobs = [(str(img), str(gt), H, W) for _, img, gt in chosen]
+            results = pool.map(_convert, jobs, chunksize=4) if pool else map(_convert, jobs)
+            valid = 0
+            with SplitWriter(out_dir, split, len(jobs), H, W) as writer:
+                for i, (result, (frame, _, _)) in enumerate(tqdm(zip(results, chosen), total=len(jobs),
+                                                                   desc=f"kitti {split}", leave=False)):
+                    image, depth, size = result
+                    writer.write(i, image, depth, frame.name)
+                    sizes[f"{size[0]}x{size[1]}"] += 1
+                    valid += int(np.count_nonzero(depth))
+            valid_fraction[split] = valid / (len(jobs) * H * W)
+    finally:
+        if pool:
+            pool.shutdown()
+    elapsed = time.perf_counter() - start
+
+    counts = {split: len(chosen) for split, chosen in plan.items()}
+    common_h, common_w = (int(v) for v in sizes.most_common(1)[0][0].split("x"))
+    write_meta(out_dir, source="kitti", protocol="kitti", height=H, width=W, min_depth_m=data.min_depth_m,
+               max_depth_m=data.max_depth_m, counts=counts, dataset_root=str(root), split_dir=str(split_dir),
+               split_files=split_files, split_lines=lines, missing_gt=missing,
+               original_size=[common_h, common_w], original_sizes=dict(sorted(sizes.items())),
+               depth_kind="LiDAR-based annotated depth (value / 256 m), sparse; 0 = no ground truth",
+               depth_resize="nearest valid source sample to the target pixel centre (ties: smaller depth); "
+                            "0 where none",
+               image_resize="Pillow bilinear, anti-aliased", color="sRGB (camera PNG)")
+    summary: dict = {f"n_{k}": v for k, v in counts.items()}
+    summary.update({f"missing_gt_{k}": v for k, v in missing.items()})
+    summary.update({f"valid_fraction_{k}": v for k, v in valid_fraction.items()})
+    summary.update(convert_s=elapsed, workers=workers)
+    log.info("KITTI: %s frames converted in %.1f s (%d workers); skipped without ground truth: %s",
+             counts, elapsed, workers, missing)
+    return summary
