@@ -1,0 +1,219 @@
+"""Depth evaluation of any predictor on a prepared dataset split, with :mod:`dko.metrics`.
+
+A *predictor* is a function ``predict(images) -> depth``: uint8 (B, H, W, 3) linear RGB -> float
+(B, H, W) metres. :func:`evaluate_predictor` runs one over a split. Named predictors are built by
+functions registered with :func:`register_predictor` (``electronic``, ``mean``, ``rowmean`` here;
+later stages register ``dko``, ``e2e``, ... the same way), so the workflow's single ``evaluate`` rule
+serves every model through its ``{model}`` wildcard: :func:`evaluate_model` builds the predictor,
+evaluates the test split and writes ``metrics.json`` and an example figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dko.data.format import Split, load_split, read_meta
+from dko.io import write_json
+from dko.metrics import MetricAccumulator
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate_predictor(predict_fn: PredictFn, split: Split, protocol: str, min_depth_m: float, max_depth_m: float,
+                       median_scaling: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
+    """Mean Eigen metrics of ``predict_fn`` over ``split`` (see :func:`dko.metrics.evaluate_depth_maps`).
+
+    Returns the metrics result plus ``per_image_abs_rel`` (list, one per evaluated image, skipped images
+    omitted) and ``predict_s`` (seconds spent inside ``predict_fn``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    acc = MetricAccumulator(protocol, min_depth_m, max_depth_m, median_scaling)
+    per_image = []
+    predict_s = 0.0
+    n = len(split)
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="evaluate", unit="batch")
+    for start in starts:
+        images = np.asarray(split.images[start:start + batch_size])
+        gts = np.asarray(split.depth[start:start + batch_size], dtype=np.float32)
+        t = time.perf_counter()
+        preds = np.asarray(predict_fn(images), dtype=np.float64)
+        predict_s += time.perf_counter() - t
+        if preds.shape != gts.shape:
+            raise ValueError(f"predictor returned shape {preds.shape}, expected {gts.shape}")
+        for gt, pred in zip(gts, preds):
+            m = acc.add(gt, pred)
+            if m is not None:
+                per_image.append(m["abs_rel"])
+    out = acc.result()
+    out["per_image_abs_rel"] = per_image
+    out["predict_s"] = predict_s
+    return out
+
+
+# ----------------------------------------------------------------------------- predictors
+def model_predictor(model, device: Any = "cpu") -> PredictFn:
+    """Predictor of a :class:`dko.depth.model.DepthNet` (eval mode, no gradients)."""
+    import torch
+
+    from dko.data.format import batch_to_tensors
+
+    model = model.to(device).eval()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        img, _ = batch_to_tensors(np.array(images), np.zeros(images.shape[:3], np.float32))
+        with torch.no_grad():
+            depth = model.predict_depth(img.to(device))
+        return depth[:, 0].float().cpu().numpy()
+
+    return predict
+
+
+def _train_valid(depth: np.ndarray, min_depth_m: float, max_depth_m: float) -> np.ndarray:
+    return (depth > 0) & (depth >= min_depth_m) & (depth <= max_depth_m)
+
+
+class MeanDepthPredictor:
+    """Predicts the training set's mean valid depth (metres) at every pixel of every image."""
+
+    def __init__(self, train_depth: np.ndarray, min_depth_m: float, max_depth_m: float):
+        total, count = 0.0, 0
+        for d in train_depth:  # image by image: memory-mapped splits stay on disk
+            d = np.asarray(d, dtype=np.float64)
+            v = _train_valid(d, min_depth_m, max_depth_m)
+            total += float(d[v].sum())
+            count += int(v.sum())
+        if count == 0:
+            raise ValueError("training split has no valid depth pixel to fit the mean-depth predictor")
+        self.mean_depth_m = total / count
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.full(images.shape[:3], self.mean_depth_m, dtype=np.float32)
+
+
+class RowMeanPredictor:
+    """Predicts, for each image row, the training set's mean valid depth of that row (what perspective
+    alone gives on a ground plane); rows without valid training pixels get the global mean."""
+
+    def __init__(self, train_depth: np.ndarray, min_depth_m: float, max_depth_m: float):
+        height = train_depth.shape[1]
+        sums, counts = np.zeros(height), np.zeros(height)
+        for d in train_depth:
+            d = np.asarray(d, dtype=np.float64)
+            v = _train_valid(d, min_depth_m, max_depth_m)
+            sums += np.where(v, d, 0.0).sum(axis=1)
+            counts += v.sum(axis=1)
+        if counts.sum() == 0:
+            raise ValueError("training split has no valid depth pixel to fit the row-mean predictor")
+        global_mean = sums.sum() / counts.sum()
+        self.row_depth_m = np.where(counts > 0, sums / np.maximum(counts, 1), global_mean)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        b, h, w = images.shape[:3]
+        if h != self.row_depth_m.size:
+            raise ValueError(f"row-mean predictor was fit on {self.row_depth_m.size} rows, images have {h}")
+        return np.broadcast_to(self.row_depth_m[None, :, None], (b, h, w)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass
+class PredictorContext:
+    """What a predictor builder gets: config, dataset folder, the rule's named inputs, device."""
+
+    cfg: Any
+    data_dir: Path
+    meta: dict
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    device: Any = "cpu"
+
+
+PREDICTORS: dict[str, Callable[[PredictorContext], PredictFn]] = {}
+
+
+def register_predictor(name: str):
+    """Decorator: ``@register_predictor("dko")`` on ``build(ctx: PredictorContext) -> PredictFn``."""
+
+    def wrap(fn):
+        PREDICTORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _depth_range(meta: dict) -> tuple[float, float]:
+    return float(meta["min_depth_m"]), float(meta["max_depth_m"])
+
+
+@register_predictor("electronic")
+def _build_electronic(ctx: PredictorContext) -> PredictFn:
+    from dko.depth.checkpoint import load_depthnet
+
+    if "model" not in ctx.inputs:
+        raise ValueError("evaluating model 'electronic' needs the input 'model' (stage1/model.pt)")
+    model, _ = load_depthnet(ctx.inputs["model"], ctx.device)
+    return model_predictor(model, ctx.device)
+
+
+@register_predictor("mean")
+def _build_mean(ctx: PredictorContext) -> PredictFn:
+    return MeanDepthPredictor(load_split(ctx.data_dir, "train").depth, *_depth_range(ctx.meta))
+
+
+@register_predictor("rowmean")
+def _build_rowmean(ctx: PredictorContext) -> PredictFn:
+    return RowMeanPredictor(load_split(ctx.data_dir, "train").depth, *_depth_range(ctx.meta))
+
+
+def build_predictor(name: str, ctx: PredictorContext) -> PredictFn:
+    if name not in PREDICTORS:
+        raise ValueError(f"unknown model '{name}' to evaluate (known: {sorted(PREDICTORS)})")
+    return PREDICTORS[name](ctx)
+
+
+def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, inputs: Mapping[str, str] | None = None,
+                   device: Any = "cpu", split: str = "test", figure: str | Path | None = None) -> dict:
+    """Evaluate predictor ``model`` on ``split`` of the dataset and write ``out_dir/metrics.json``.
+
+    Args:
+        cfg: :class:`dko.config.Config` (``eval`` section: median_scaling, n_figure_images).
+        model: registered predictor name (``electronic``, ``mean``, ``rowmean``, ...).
+        data_dir: prepared dataset folder (``meta.json``).
+        inputs: files the predictor needs, e.g. ``{"model": ".../stage1/model.pt"}``.
+        figure: PNG path of the input / ground truth / prediction figure (default ``out_dir/examples.png``).
+    Returns:
+        The metrics dict written to ``metrics.json`` (metrics, counts, protocol, range, median scaling).
+    """
+    from dko.plots import plot_depth_examples
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    meta = read_meta(data_dir)
+    ctx = PredictorContext(cfg=cfg, data_dir=data_dir, meta=meta, inputs=dict(inputs or {}), device=device)
+    predict = build_predictor(model, ctx)
+    data = load_split(data_dir, split)
+    lo, hi = _depth_range(meta)
+    t = time.perf_counter()
+    result = evaluate_predictor(predict, data, meta["protocol"], lo, hi, median_scaling=cfg.eval.median_scaling)
+    result.update(model=model, split=split, dataset_source=meta.get("source"), eval_s=time.perf_counter() - t)
+    write_json(out_dir / "metrics.json", result)
+    n_fig = min(cfg.eval.n_figure_images, len(data))
+    images = np.asarray(data.images[:n_fig])
+    preds = np.asarray(predict(images), dtype=np.float32)
+    plot_depth_examples(images, np.asarray(data.depth[:n_fig]), preds, figure or out_dir / "examples.png",
+                        min_depth_m=lo, max_depth_m=hi, names=data.names[:n_fig],
+                        title=f"{model} on {meta.get('source', '?')} {split}: AbsRel {result['metrics']['abs_rel']:.3f}"
+                              + (" (median-scaled)" if cfg.eval.median_scaling else ""))
+    log.info("evaluated %s on %d %s images: %s", model, result["n_images"], split,
+             ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()))
+    return result

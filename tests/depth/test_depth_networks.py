@@ -1,0 +1,120 @@
+"""DepthNet shapes, the optical-front hook and Monodepth2 checkpoint compatibility."""
+
+import pytest
+import torch
+
+from dko.depth.checkpoint import load_depthnet, load_monodepth2, save_depthnet, save_monodepth2
+from dko.depth.model import DepthNet, disp_to_depth
+
+
+@pytest.mark.parametrize(
+    "blocks, width, k, dec, hw",
+    [((1, 1, 1, 1), 8, 7, (4, 8, 8, 16, 16), (32, 96)),
+     ((2, 1, 1, 2), 4, 3, (16, 32, 64, 128, 256), (64, 64)),
+     ((1, 2, 1, 1), 6, 5, (8, 8, 8, 8, 8), (36, 50))],
+)
+def test_shapes(blocks, width, k, dec, hw):
+    torch.manual_seed(0)
+    net = DepthNet(blocks, width, k, min_depth_m=1.0, max_depth_m=80.0, decoder_channels=dec).eval()
+    h, w = hw
+    x = torch.rand(2, 3, h, w)
+    feats = net.encoder(net.normalise(x))
+    assert [f.shape[1] for f in feats] == [width, width, 2 * width, 4 * width, 8 * width]
+    assert feats[0].shape[-2:] == ((h + 1) // 2, (w + 1) // 2)
+    assert net.conv1.weight.shape == (width, 3, k, k) and net.conv1.bias is None
+    assert net.conv1.stride == (2, 2) and net.conv1.padding == (k // 2, k // 2)
+    out = net(x)
+    assert sorted(out) == [("disp", s) for s in range(4)]
+    if h % 32 == 0 and w % 32 == 0:
+        for s in range(4):
+            assert out[("disp", s)].shape == (2, 1, h // 2**s, w // 2**s)
+    depth = net.predict_depth(x)
+    assert depth.shape == (2, 1, h, w)
+    assert float(depth.min()) >= 1.0 - 1e-5 and float(depth.max()) <= 80.0 + 1e-3
+
+
+def test_layer_counts_follow_config():
+    net = DepthNet((2, 2, 2, 2), 64, 7)
+    keys = net.encoder.state_dict().keys()
+    assert "encoder.layer4.1.conv2.weight" in keys and "encoder.layer2.0.downsample.0.weight" in keys
+    assert "encoder.layer1.0.downsample.0.weight" not in keys  # same shape: identity shortcut
+    dec = net.decoder.state_dict()
+    assert dec["decoder.0.conv.conv.weight"].shape == (256, 512, 3, 3)  # ("upconv", 4, 0)
+    assert dec["decoder.9.conv.conv.weight"].shape == (16, 16, 3, 3)  # ("upconv", 0, 1)
+    assert dec["decoder.10.conv.weight"].shape == (1, 16, 3, 3)  # ("dispconv", 0)
+    assert dec["decoder.13.conv.weight"].shape == (1, 128, 3, 3)  # ("dispconv", 3)
+    # ResNet-18 trunk without the classifier: 11,176,512 parameters (torchvision resnet18 minus fc).
+    assert sum(p.numel() for p in net.encoder.parameters()) == 11_176_512
+
+
+def test_front_replaces_normalisation_and_conv1():
+    torch.manual_seed(0)
+    net = DepthNet((1, 1, 1, 1), 8, 7, min_depth_m=1.0, max_depth_m=80.0, decoder_channels=(4, 4, 8, 8, 8)).eval()
+    x = torch.rand(1, 3, 32, 64)
+    ref = net(x)[("disp", 0)]
+    conv1 = net.conv1
+
+    class Front(torch.nn.Module):  # what an optical layer does: raw image in, conv1 features out
+        def forward(self, images):
+            return conv1((images - 0.45) / 0.225)
+
+    net.front = Front()
+    assert torch.allclose(net(x)[("disp", 0)], ref)
+    assert torch.allclose(net.forward_from_conv1(conv1(net.normalise(x)))[("disp", 0)], ref)
+
+
+def test_disp_to_depth_range():
+    scaled, depth = disp_to_depth(torch.tensor([0.0, 1.0]), 0.5, 100.0)
+    assert torch.allclose(depth, torch.tensor([100.0, 0.5]))
+    assert torch.allclose(scaled, torch.tensor([0.01, 2.0]))
+
+
+def _randomise_bn(net):
+    g = torch.Generator().manual_seed(1)
+    for name, buf in net.named_buffers():
+        if buf.dtype.is_floating_point:
+            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+
+
+def test_monodepth2_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    src = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
+    _randomise_bn(src)
+    enc_path, dec_path = save_monodepth2(src, tmp_path, height=192, width=640)
+    raw = torch.load(enc_path, weights_only=True)
+    # Monodepth2's encoder.pth layout: torchvision-style keys, classifier and the extra entries.
+    assert raw["height"] == 192 and raw["width"] == 640 and raw["use_stereo"] is False
+    assert {"encoder.conv1.weight", "encoder.bn1.running_var", "encoder.layer1.0.conv1.weight",
+            "encoder.layer1.1.bn2.bias", "encoder.fc.weight", "encoder.fc.bias"} <= set(raw)
+    assert raw["encoder.fc.weight"].shape == (1000, 64)
+    assert "decoder.0.conv.conv.weight" in torch.load(dec_path, weights_only=True)
+
+    torch.manual_seed(1)
+    dst = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
+    extras = load_monodepth2(dst, tmp_path)
+    assert extras == {"height": 192, "width": 640, "use_stereo": False}
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.rand(1, 3, 32, 64)
+    assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
+
+
+def test_monodepth2_checkpoint_mismatch_is_reported(tmp_path):
+    save_monodepth2(DepthNet((1, 1, 1, 1), 8, 7), tmp_path, 32, 64)
+    with pytest.raises(ValueError, match="conv1_kernel|base_width"):
+        load_monodepth2(DepthNet((1, 1, 1, 1), 8, 5), tmp_path)
+    with pytest.raises(ValueError, match="missing keys"):
+        load_monodepth2(DepthNet((2, 1, 1, 1), 8, 7), tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_monodepth2(DepthNet((1, 1, 1, 1), 8, 7), tmp_path / "nowhere")
+
+
+def test_depthnet_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = DepthNet((1, 1, 1, 1), 8, 3, min_depth_m=0.5, max_depth_m=20.0, decoder_channels=(4, 4, 4, 4, 4))
+    _randomise_bn(net)
+    save_depthnet(net, tmp_path / "model.pt", steps=3)
+    loaded, payload = load_depthnet(tmp_path / "model.pt")
+    assert payload["steps"] == 3 and loaded.max_depth_m == 20.0
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(net.eval().predict_depth(x), loaded.predict_depth(x))

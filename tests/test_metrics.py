@@ -1,0 +1,106 @@
+"""dko.metrics against hand-computed values and properties."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from dko.metrics import (MetricAccumulator, compute_errors, crop_mask, depth_range, evaluate_depth_maps,
+                         image_errors)
+
+
+def test_compute_errors_hand_values():
+    gt = np.array([2.0, 4.0, 10.0, 1.0])
+    pred = np.array([1.0, 5.0, 10.0, 1.3])
+    # |gt-pred|/gt = 0.5, 0.25, 0, 0.3 -> mean 1.05/4
+    # (gt-pred)^2/gt = 0.5, 0.25, 0, 0.09 -> 0.84/4
+    # (gt-pred)^2 = 1, 1, 0, 0.09 -> rmse sqrt(2.09/4)
+    # ratios max(gt/pred, pred/gt) = 2, 1.25, 1, 1.3 -> a1: only 1 (<1.25 strict) -> 1/4;
+    # a2 (< 1.5625): 1.25, 1, 1.3 -> 3/4; a3 (< 1.953125): still not 2 -> 3/4
+    e = compute_errors(gt, pred)
+    assert e["abs_rel"] == pytest.approx(1.05 / 4)
+    assert e["sq_rel"] == pytest.approx(0.84 / 4)
+    assert e["rmse"] == pytest.approx(math.sqrt(2.09 / 4))
+    logs = [math.log(2.0), math.log(4 / 5), 0.0, math.log(1 / 1.3)]
+    assert e["rmse_log"] == pytest.approx(math.sqrt(sum(v * v for v in logs) / 4))
+    assert e["a1"] == pytest.approx(0.25)
+    assert e["a2"] == pytest.approx(0.75)
+    assert e["a3"] == pytest.approx(0.75)
+
+
+def test_image_errors_masks_caps_and_clips():
+    # 2x3 image: invalid 0, one pixel beyond the cap (90 m), one below min; prediction clipped to [1, 80].
+    gt = np.array([[0.0, 90.0, 0.5], [2.0, 40.0, 10.0]])
+    pred = np.array([[5.0, 5.0, 5.0], [4.0, 200.0, 0.01]])
+    metrics, scale = image_errors(gt, pred, "synthetic", 1.0, 80.0)
+    assert scale == 1.0
+    # valid: 2 -> 4, 40 -> 80 (clipped), 10 -> 1 (clipped): abs rel 1.0, 1.0, 0.9
+    assert metrics["abs_rel"] == pytest.approx((1.0 + 1.0 + 0.9) / 3)
+    assert metrics["a3"] == pytest.approx(0.0)  # ratios 2, 2, 10 all >= 1.953
+    assert image_errors(np.zeros((2, 2)), np.ones((2, 2)), "synthetic", 1.0, 80.0) is None
+
+
+def test_median_scaling_hand_values():
+    gt = np.array([[2.0, 4.0, 6.0]])
+    pred = np.array([[1.0, 3.0, 4.0]])
+    metrics, scale = image_errors(gt, pred, "synthetic", 1.0, 80.0, median_scaling=True)
+    assert scale == pytest.approx(4.0 / 3.0)
+    scaled = pred[0] * 4 / 3
+    assert metrics["abs_rel"] == pytest.approx(np.mean(np.abs(gt[0] - scaled) / gt[0]))
+
+
+def test_protocol_caps_and_crops():
+    assert depth_range("kitti", 1e-3, 100.0) == (1e-3, 80.0)
+    assert depth_range("nyu", 1e-3, 80.0) == (1e-3, 10.0)
+    assert depth_range("synthetic", 1.0, 120.0) == (1.0, 120.0)
+    nyu = crop_mask("nyu", 480, 640)
+    rows, cols = np.nonzero(nyu)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (45, 471, 41, 601)
+    kitti = crop_mask("kitti", 375, 1242)
+    rows, cols = np.nonzero(kitti)
+    # Monodepth2: int(0.40810811*375)=153, int(0.99189189*375)=371, int(0.03594771*1242)=44, int(0.96405229*1242)=1197
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (153, 371, 44, 1197)
+    assert crop_mask("synthetic", 4, 5).all()
+    # Pixels outside the KITTI crop do not count: a wrong prediction there leaves the metrics perfect.
+    gt = np.full((375, 1242), 10.0)
+    pred = gt.copy()
+    pred[:100] = 70.0
+    res = evaluate_depth_maps([gt], [pred], "kitti", 1e-3, 80.0)
+    assert res["metrics"]["abs_rel"] == 0.0
+    with pytest.raises(ValueError, match="protocol"):
+        crop_mask("middlebury", 4, 4)
+
+
+def test_mean_over_images_and_skips():
+    gts = [np.full((2, 2), 2.0), np.full((2, 2), 4.0), np.zeros((2, 2))]
+    preds = [np.full((2, 2), 3.0), np.full((2, 2), 4.0), np.ones((2, 2))]
+    res = evaluate_depth_maps(gts, preds, "synthetic", 1.0, 80.0)
+    assert res["metrics"]["abs_rel"] == pytest.approx((0.5 + 0.0) / 2)
+    assert res["n_images"] == 2 and res["n_skipped"] == 1 and res["n_pixels"] == 8
+    assert res["median_scaling"] is False
+    with pytest.raises(ValueError, match="no image"):
+        MetricAccumulator("synthetic", 1.0, 80.0).result()
+
+
+depth_maps = arrays(np.float64, (4, 5), elements=st.floats(1.5, 60.0, allow_nan=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(gt=depth_maps, pred=depth_maps, scale=st.floats(0.05, 20.0))
+def test_median_scaled_metrics_are_scale_invariant(gt, pred, scale):
+    # Wide caps so that clipping never acts.
+    a = evaluate_depth_maps([gt], [pred], "synthetic", 1e-3, 1e4, median_scaling=True)["metrics"]
+    b = evaluate_depth_maps([gt], [pred * scale], "synthetic", 1e-3, 1e4, median_scaling=True)["metrics"]
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(gt=depth_maps)
+def test_perfect_prediction(gt):
+    m = evaluate_depth_maps([gt], [gt.copy()], "synthetic", 1.0, 80.0)["metrics"]
+    assert m["abs_rel"] == m["sq_rel"] == m["rmse"] == m["rmse_log"] == 0.0
+    assert m["a1"] == m["a2"] == m["a3"] == 1.0
