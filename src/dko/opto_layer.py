@@ -1,0 +1,315 @@
+"""Opto-electronic conv1: a trained first convolution realised by metasurface PSFs (DESIGN.md section 3).
+
+Kernels -> optics (:func:`build_kernel_bank`)
+---------------------------------------------
+conv1 computes ``y_k = sum_c W[k, c] * ((x_c - mu_c) / sigma_c) + b_k`` (``*`` = conv2d, a
+correlation) on the normalised input. Optics sees the raw intensity ``x``, so the normalisation is
+folded: ``W'[k, c] = W[k, c] / sigma_c`` and ``b'_k = b_k - sum_c mu_c sum(W'[k, c])``. The electronic
+layer zero-pads the *normalised* input, i.e. pads the raw input with ``mu_c``; the optical layer
+pads the raw input with ``mu_c`` too (:attr:`KernelBank.pad_value`), which makes the two identical
+at the borders as well. Each kernel is split ``W' = W+ - W-`` (``W+- = max(+-W', 0)``); every
+non-zero part becomes one optical element with target PSF ``rot180(W+- / sum(W+-))`` (optics
+convolves, conv2d correlates) and electronic gain ``g = sum(W+-)``. Element e reads input channel
+``in_channel[e]`` at ``wavelength_m[e] = wavelengths_m[in_channel[e]]``.
+
+Forward (:class:`OptoConv1`)
+----------------------------
+For every element, the sensor image ``S_e = x_{c(e)} (*) PSF_e`` (true convolution with the PSF
+cropped to a ``w x w`` window, ``w`` odd, centred on the optical axis), optionally a noisy
+measurement of ``S_e`` (:mod:`dko.optics.sensor`), then ``y_k = sum_{e: k(e)=k} sign_e g_e S_e + b'_k``
+sampled with the layer's stride (output pixel ``i`` centred on input pixel ``stride*i - padding +
+k//2``, as conv2d). With ``PSF_e`` equal to the targets and no noise this is the electronic conv1.
+
+Depth-layered image formation (``forward(x, depth_m=...)``, PSFs for several object distances)
+-------------------------------------------------------------------------------------------------
+Each pixel is assigned to the nearest configured object distance in inverse distance (dioptres;
+``None`` / infinity = 0), the raw image is split into the per-distance layers ``x * mask_d`` and
+``S_e = sum_d (x * mask_d) (*) PSF_{d, e}``. Approximation: layers are summed independently - no
+occlusion (light from a far layer blocked by a near object still reaches the sensor; defocused
+near objects do not spread over the far ones correctly at depth edges), no partial visibility of
+the aperture, and depth is quantised to the configured distances. The padded border takes the
+depth of the nearest image pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dko.optics.sensor import SensorModel, apply_sensor_noise
+
+__all__ = ["KernelBank", "build_kernel_bank", "ideal_psfs", "OptoConv1", "nearest_distance_index"]
+
+
+@dataclass(frozen=True)
+class KernelBank:
+    """The optical elements realising one conv1 (tensors on one device; E elements, K outputs, C inputs).
+
+    Attributes:
+        targets: float (E, k, k) target PSFs (non-negative, each summing to 1, already rotated 180 deg).
+        gains: float (E,) electronic gains g = sum(W+-).
+        sign: float (E,) +1 / -1.
+        out_channel: long (E,) output channel k of each element.
+        in_channel: long (E,) input channel c of each element.
+        wavelength_m: float64 (E,) wavelength of each element, metres.
+        bias: float (K,) folded bias b'.
+        pad_value: float (C,) raw-input value used for padding (= the normalisation mean mu_c).
+        stride: conv stride (int).
+        padding: conv padding (int).
+        n_out: K.
+        n_in: C.
+    """
+
+    targets: torch.Tensor
+    gains: torch.Tensor
+    sign: torch.Tensor
+    out_channel: torch.Tensor
+    in_channel: torch.Tensor
+    wavelength_m: torch.Tensor
+    bias: torch.Tensor
+    pad_value: torch.Tensor
+    stride: int
+    padding: int
+    n_out: int
+    n_in: int
+
+    @property
+    def n_elements(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.targets.shape[-1])
+
+    def folded_weight(self) -> torch.Tensor:
+        """The folded conv weight W' (K, C, k, k) reconstructed from the elements."""
+        k = self.kernel_size
+        w = torch.zeros(self.n_out, self.n_in, k, k, dtype=self.targets.dtype, device=self.targets.device)
+        parts = torch.flip(self.targets, dims=(-2, -1)) * (self.sign * self.gains)[:, None, None]
+        w.index_put_((self.out_channel, self.in_channel), parts, accumulate=True)
+        return w
+
+    def to(self, device=None, dtype=None) -> "KernelBank":
+        """Copy on another device / float dtype (integer fields keep their dtype; wavelengths stay float64)."""
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                keep = v.dtype in (torch.long, torch.float64) and f.name in ("out_channel", "in_channel", "wavelength_m")
+                v = v.to(device=device) if keep or dtype is None else v.to(device=device, dtype=dtype)
+            values[f.name] = v
+        return KernelBank(**values)
+
+    def state_dict(self) -> dict:
+        """Plain dict (tensors + ints) for ``torch.save`` / npz; inverse: ``KernelBank(**d)``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _per_channel(value, n: int, name: str, dtype, device) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=dtype, device=device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise ValueError(f"{name} must be a scalar or have one value per input channel ({n}), got {t.numel()}")
+    return t
+
+
+def build_kernel_bank(weight: torch.Tensor, norm_mean, norm_std, wavelengths_m: Sequence[float], *,
+                      bias: torch.Tensor | None = None, stride: int = 2, padding: int | None = None,
+                      eps: float = 0.0) -> KernelBank:
+    """Turn a conv1 weight into optical elements (see the module docstring).
+
+    Args:
+        weight: float (K, C, k, k) conv1 weight (k odd).
+        norm_mean, norm_std: input normalisation, scalar or (C,) (the network computes (x - mean) / std).
+        wavelengths_m: C wavelengths, metres (input channel c -> wavelengths_m[c]).
+        bias: optional (K,) conv bias (ResNet conv1 has none).
+        stride, padding: of the conv (padding defaults to k // 2).
+        eps: parts whose gain is <= eps are dropped (0 keeps every non-zero part).
+    Returns:
+        A :class:`KernelBank` on ``weight``'s device and float dtype, elements ordered by
+        (out_channel, in_channel, sign +, -).
+    """
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        raise ValueError(f"weight must be a (K, C, k, k) tensor, got {getattr(weight, 'shape', type(weight))}")
+    n_out, n_in, kh, kw = weight.shape
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"conv1 kernel must be square with odd size, got {kh}x{kw}")
+    if len(wavelengths_m) != n_in:
+        raise ValueError(f"optics.wavelengths_m has {len(wavelengths_m)} entries but conv1 has {n_in} input channels")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    padding = kh // 2 if padding is None else int(padding)
+    w = weight.detach()
+    dtype, device = w.dtype, w.device
+    mean = _per_channel(norm_mean, n_in, "norm_mean", dtype, device)
+    std = _per_channel(norm_std, n_in, "norm_std", dtype, device)
+    if torch.any(std <= 0):
+        raise ValueError(f"norm_std must be positive, got {std.tolist()}")
+    folded = w / std[None, :, None, None]
+    b = torch.zeros(n_out, dtype=dtype, device=device) if bias is None else bias.detach().to(dtype).reshape(n_out).clone()
+    b = b - (folded.sum(dim=(-2, -1)) * mean[None, :]).sum(dim=1)
+    targets, gains, signs, outs, ins, wls = [], [], [], [], [], []
+    for k in range(n_out):
+        for c in range(n_in):
+            for s in (1.0, -1.0):
+                part = torch.clamp(s * folded[k, c], min=0.0)
+                g = part.sum()
+                if float(g) <= eps or float(g) == 0.0:
+                    continue
+                targets.append(torch.flip(part / g, dims=(-2, -1)))
+                gains.append(g)
+                signs.append(s)
+                outs.append(k)
+                ins.append(c)
+                wls.append(float(wavelengths_m[c]))
+    if not targets:
+        raise ValueError("conv1 weight is all zero: no optical element to build")
+    return KernelBank(
+        targets=torch.stack(targets), gains=torch.stack(gains),
+        sign=torch.tensor(signs, dtype=dtype, device=device),
+        out_channel=torch.tensor(outs, dtype=torch.long, device=device),
+        in_channel=torch.tensor(ins, dtype=torch.long, device=device),
+        wavelength_m=torch.tensor(wls, dtype=torch.float64, device=device),
+        bias=b, pad_value=mean.clone(), stride=stride, padding=padding, n_out=n_out, n_in=n_in)
+
+
+def ideal_psfs(bank: KernelBank, window: int | None = None) -> torch.Tensor:
+    """The targets zero-padded (centred) to ``window x window`` (odd, >= k): perfect PSFs (E, w, w)."""
+    k = bank.kernel_size
+    window = k if window is None else int(window)
+    if window < k or (window - k) % 2:
+        raise ValueError(f"window must be >= kernel size {k} and differ from it by an even number, got {window}")
+    p = (window - k) // 2
+    return F.pad(bank.targets, (p, p, p, p))
+
+
+def nearest_distance_index(depth_m: torch.Tensor, object_distances_m: Sequence[float | None]) -> torch.Tensor:
+    """Index (long, like ``depth_m``) of the nearest object distance in inverse distance (None/inf = 0)."""
+    inv = torch.tensor([0.0 if (z is None or math.isinf(z)) else 1.0 / z for z in object_distances_m],
+                       dtype=torch.float64, device=depth_m.device)
+    inv_depth = 1.0 / torch.clamp(depth_m.to(torch.float64), min=1e-6)
+    return torch.argmin(torch.abs(inv_depth[..., None] - inv), dim=-1)
+
+
+class OptoConv1(nn.Module):
+    """Opto-electronic conv1 (see the module docstring).
+
+    Args:
+        bank: the elements (:func:`build_kernel_bank`).
+        psfs: real (E, w, w) PSFs for one object distance, or (D, E, w, w) for ``object_distances_m``
+            (w odd). Each PSF is in the orientation of the targets (sum = efficiency, not renormalised).
+        object_distances_m: D distances of the PSF stack (needed for depth-layered forward).
+        sensor: optional :class:`SensorModel`; noise is added when ``noise=True`` in forward.
+        trainable_gains: make the electronic gains and bias learnable parameters.
+    Forward:
+        x: raw input (B, C, H, W), intensity in [0, 1] (not normalised).
+        depth_m: optional (B, H, W) depth map, metres, for depth-layered image formation; without
+            it, the PSFs of the first object distance are used.
+        noise: add sensor noise (requires ``sensor``); generator: torch.Generator for it;
+        differentiable_noise: use the differentiable noise form.
+    Returns:
+        (B, K, H_out, W_out), H_out = floor((H + 2 padding - k) / stride) + 1, as conv2d.
+    """
+
+    def __init__(self, bank: KernelBank, psfs: torch.Tensor, object_distances_m: Sequence[float | None] | None = None,
+                 sensor: SensorModel | None = None, trainable_gains: bool = False):
+        super().__init__()
+        if psfs.ndim == 3:
+            psfs = psfs[None]
+        if psfs.ndim != 4 or psfs.shape[1] != bank.n_elements or psfs.shape[-1] != psfs.shape[-2] \
+                or psfs.shape[-1] % 2 == 0:
+            raise ValueError(f"psfs must be (E, w, w) or (D, E, w, w) with E={bank.n_elements} and w odd, "
+                             f"got {tuple(psfs.shape)}")
+        if object_distances_m is None:
+            object_distances_m = [None] * psfs.shape[0] if psfs.shape[0] == 1 else None
+        if object_distances_m is None or len(object_distances_m) != psfs.shape[0]:
+            raise ValueError(f"object_distances_m must list the {psfs.shape[0]} distances of the PSF stack")
+        self.object_distances_m = list(object_distances_m)
+        self.kernel_size = bank.kernel_size
+        self.stride = bank.stride
+        self.padding = bank.padding
+        self.n_out = bank.n_out
+        self.sensor = sensor
+        dtype = bank.targets.dtype
+        self.register_buffer("psfs", psfs.to(dtype))
+        self.register_buffer("in_channel", bank.in_channel.clone())
+        self.register_buffer("out_channel", bank.out_channel.clone())
+        self.register_buffer("sign", bank.sign.clone())
+        self.register_buffer("pad_value", bank.pad_value.clone())
+        if trainable_gains:
+            self.gains = nn.Parameter(bank.gains.clone())
+            self.bias = nn.Parameter(bank.bias.clone())
+        else:
+            self.register_buffer("gains", bank.gains.clone())
+            self.register_buffer("bias", bank.bias.clone())
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+    def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding of the raw input so that a valid strided conv with the w x w PSF
+        window gives conv2d's output grid (may be negative = crop)."""
+        win = self.psfs.shape[-1]
+        offset = self.kernel_size // 2 - self.padding  # output i is centred on input stride*i + offset
+        h_out, w_out = self.output_size(h, w)
+        lead = win // 2 - offset
+        bottom = (h_out - 1) * self.stride + win - h - lead
+        right = (w_out - 1) * self.stride + win - w - lead
+        return lead, right, lead, bottom
+
+    def sensor_images(self, x: torch.Tensor, depth_m: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise-free strided sensor images S (B, E, H_out, W_out) of every element."""
+        if x.ndim != 4:
+            raise ValueError(f"x must be (B, C, H, W), got {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        if c != self.pad_value.numel():
+            raise ValueError(f"x has {c} channels, the kernel bank expects {self.pad_value.numel()}")
+        x = x.to(self.psfs.dtype)
+        pads = self._pads(h, w)
+        centred = x - self.pad_value[None, :, None, None]
+        xp = F.pad(centred, pads) + self.pad_value[None, :, None, None]
+        xe = xp.index_select(1, self.in_channel)  # (B, E, Hp, Wp)
+        n_el = xe.shape[1]
+        # conv2d correlates: a true convolution with the PSF = correlation with the PSF rotated by 180 deg
+        kernels = torch.flip(self.psfs, dims=(-2, -1))[:, :, None]  # (D, E, 1, w, w)
+        if depth_m is None or kernels.shape[0] == 1:
+            return F.conv2d(xe, kernels[0], stride=self.stride, groups=n_el)
+        if depth_m.shape != (b, h, w):
+            raise ValueError(f"depth_m must be (B, H, W) = {(b, h, w)}, got {tuple(depth_m.shape)}")
+        dp = F.pad(depth_m[:, None].to(torch.float64), pads, mode="replicate")[:, 0] if min(pads) >= 0 else None
+        if dp is None:
+            raise ValueError("depth-layered forward needs a PSF window of at least the kernel size")
+        index = nearest_distance_index(dp, self.object_distances_m)  # (B, Hp, Wp)
+        out = 0
+        for d in range(kernels.shape[0]):
+            mask = (index == d).to(xe.dtype)[:, None]
+            if not bool(mask.any()):
+                continue
+            out = out + F.conv2d(xe * mask, kernels[d], stride=self.stride, groups=n_el)
+        if isinstance(out, int):  # pragma: no cover - every pixel belongs to some layer
+            raise RuntimeError("no depth layer selected")
+        return out
+
+    def combine(self, sensor_images: torch.Tensor) -> torch.Tensor:
+        """Electronic recombination y_k = sum_e [k(e) = k] sign_e g_e S_e + b'_k: (B, E, h, w) -> (B, K, h, w)."""
+        weighted = sensor_images * (self.sign * self.gains)[None, :, None, None]
+        b, _, h, w = weighted.shape
+        y = torch.zeros(b, self.n_out, h, w, dtype=weighted.dtype, device=weighted.device)
+        y = y.index_add(1, self.out_channel, weighted)
+        return y + self.bias[None, :, None, None]
+
+    def forward(self, x: torch.Tensor, depth_m: torch.Tensor | None = None, *, noise: bool = False,
+                generator: torch.Generator | None = None, differentiable_noise: bool = False) -> torch.Tensor:
+        s = self.sensor_images(x, depth_m)
+        if noise:
+            if self.sensor is None:
+                raise ValueError("noise=True needs a SensorModel (OptoConv1(..., sensor=...))")
+            s = apply_sensor_noise(s, self.sensor, generator, differentiable=differentiable_noise)
+        return self.combine(s)

@@ -1,0 +1,180 @@
+"""Opto-electronic conv1: kernel bank construction and exact equivalence with the electronic conv1."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dko.opto_layer import KernelBank, OptoConv1, build_kernel_bank, ideal_psfs, nearest_distance_index
+from dko.optics.psf import OpticalSystem, ideal_lens_transmission, psf_from_transmission
+from dko.optics.sensor import SensorModel
+
+torch.set_num_threads(2)
+WLS = [6.4e-7, 5.5e-7, 4.6e-7]
+MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
+STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
+
+
+def electronic(conv, x, mean, std):
+    with torch.no_grad():
+        return conv((x - mean[None, :, None, None]) / std[None, :, None, None])
+
+
+@pytest.fixture
+def conv():
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 6, 7, stride=2, padding=3, bias=True).double()
+    with torch.no_grad():
+        layer.weight[0] = torch.rand_like(layer.weight[0])  # all-positive kernel: one element per channel
+        layer.weight[1, :, :, :3] = 0.0  # asymmetric support
+    return layer
+
+
+@pytest.mark.parametrize("window", [7, 11])
+@pytest.mark.parametrize("size", [(23, 30), (32, 17)])
+def test_ideal_psfs_reproduce_electronic_conv1(conv, window, size):
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias, stride=2, padding=3)
+    layer = OptoConv1(bank, ideal_psfs(bank, window))
+    x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = electronic(conv, x, MEAN, STD)
+    y = layer(x)
+    assert y.shape == ref.shape
+    assert float((y - ref).norm() / ref.norm()) < 1e-5  # measured ~1e-15 in float64
+
+
+def test_equivalence_in_float32_and_with_scalar_normalisation(conv):
+    conv = conv.float()
+    bank = build_kernel_bank(conv.weight, 0.45, 0.225, WLS, bias=conv.bias)
+    assert bank.padding == 3 and bank.stride == 2
+    x = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = conv((x - 0.45) / 0.225)
+    y = OptoConv1(bank, ideal_psfs(bank, 9))(x)
+    assert float((y - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_other_stride_and_padding():
+    torch.manual_seed(3)
+    layer = torch.nn.Conv2d(2, 3, 5, stride=3, padding=1, bias=False).double()
+    mean, std = torch.tensor([0.3, 0.6], dtype=torch.float64), torch.tensor([0.2, 0.4], dtype=torch.float64)
+    bank = build_kernel_bank(layer.weight, mean, std, WLS[:2], stride=3, padding=1)
+    x = torch.rand(2, 2, 19, 22, dtype=torch.float64)
+    ref = electronic(layer, x, mean, std)
+    for window in (5, 9):
+        y = OptoConv1(bank, ideal_psfs(bank, window))(x)
+        assert y.shape == ref.shape
+        assert float((y - ref).norm() / ref.norm()) < 1e-10
+
+
+def test_kernel_bank_fields(conv):
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
+    folded = conv.weight.detach() / STD[None, :, None, None]
+    n_parts = int((folded > 0).flatten(2).any(-1).sum() + (folded < 0).flatten(2).any(-1).sum())
+    assert bank.n_elements == n_parts
+    assert torch.all(bank.targets >= 0)
+    torch.testing.assert_close(bank.targets.sum(dim=(-2, -1)), torch.ones(bank.n_elements, dtype=torch.float64))
+    torch.testing.assert_close(bank.folded_weight(), folded)
+    # output channel 0 is all-positive: exactly one element per input channel, all with sign +1
+    sel = bank.out_channel == 0
+    assert int(sel.sum()) == 3 and torch.all(bank.sign[sel] == 1)
+    torch.testing.assert_close(bank.wavelength_m, torch.tensor(WLS, dtype=torch.float64)[bank.in_channel])
+    expected_bias = conv.bias.detach() - (folded.sum(dim=(-2, -1)) * MEAN).sum(dim=1)
+    torch.testing.assert_close(bank.bias, expected_bias)
+    # rotation by 180 degrees: a single weight at (row 0, col 1) lands at (k-1, k-2)
+    w = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
+    w[0, 0, 0, 1] = 2.0
+    single = build_kernel_bank(w, 0.0, 1.0, [5.5e-7])
+    assert single.n_elements == 1 and float(single.gains[0]) == 2.0
+    assert float(single.targets[0, 6, 5]) == 1.0
+    assert isinstance(single, KernelBank) and single.to(dtype=torch.float32).targets.dtype == torch.float32
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.sampled_from([3, 5, 7]), n_out=st.integers(1, 4), n_in=st.integers(1, 3), seed=st.integers(0, 10_000))
+def test_bank_reconstructs_folded_weight(k, n_out, n_in, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_out, n_in, k, k, dtype=torch.float64, generator=gen)
+    w[w.abs() < 0.3] = 0.0
+    std = 0.1 + torch.rand(n_in, dtype=torch.float64, generator=gen)
+    if not torch.any(w != 0):
+        return
+    bank = build_kernel_bank(w, 0.5, std, WLS[:n_in])
+    torch.testing.assert_close(bank.folded_weight(), w / std[None, :, None, None])
+    assert torch.all(bank.gains > 0)
+
+
+def test_depth_layered_image_formation(conv):
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
+    ideal = ideal_psfs(bank, 9)
+    delta = torch.zeros_like(ideal)
+    delta[:, 4, 4] = 1.0  # a "PSF" that does not blur
+    stack = torch.stack([ideal, delta])
+    distances = [None, 2.0]  # far layer sees the kernels, near layer the delta
+    layer = OptoConv1(bank, stack, distances)
+    far_only = OptoConv1(bank, ideal)
+    near_only = OptoConv1(bank, delta)
+    x = torch.rand(1, 3, 24, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    far = torch.full((1, 24, 28), 50.0, dtype=torch.float64)
+    near = torch.full((1, 24, 28), 1.5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x, far), far_only(x))
+    torch.testing.assert_close(layer(x, near), near_only(x))
+    # a mixed scene is the sum of the two masked layers (padding replicates the nearest depth)
+    mixed = far.clone()
+    mixed[:, :, 14:] = 1.5
+    mask_near = (mixed[:, None] < 3.0).to(x.dtype)
+    expected_s = near_only.sensor_images(x * mask_near) + far_only.sensor_images(x * (1 - mask_near))
+    # the two masked images both carry the mean padding (counted twice at the border), compare the interior
+    got_s = layer.sensor_images(x, mixed)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # receptive fields inside the image
+    torch.testing.assert_close(got_s[inner], expected_s[inner])
+    assert not torch.allclose(got_s, far_only.sensor_images(x))
+    # nearest distance in inverse depth
+    idx = nearest_distance_index(torch.tensor([3.0, 100.0, 6.0]), [None, 10.0, 2.0])
+    assert idx.tolist() == [2, 0, 1]
+
+
+def test_noise_and_errors(conv):
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="SensorModel"):
+        OptoConv1(bank, ideal_psfs(bank))(x, noise=True)
+    with pytest.raises(ValueError, match="psfs"):
+        OptoConv1(bank, torch.zeros(bank.n_elements + 1, 7, 7))
+    with pytest.raises(ValueError, match="wavelengths_m"):
+        build_kernel_bank(conv.weight, MEAN, STD, WLS[:2])
+    with pytest.raises(ValueError, match="norm_std"):
+        build_kernel_bank(conv.weight, MEAN, torch.tensor([1.0, 0.0, 1.0]), WLS)
+    layer = OptoConv1(bank, ideal_psfs(bank), sensor=SensorModel(full_well_e=1e6, read_noise_e=1.0, bit_depth=16))
+    clean = layer(x)
+    a = layer(x, noise=True, generator=torch.Generator().manual_seed(0))
+    b = layer(x, noise=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    assert 0 < float((a - clean).norm() / clean.norm()) < 0.05
+    trainable = OptoConv1(bank, ideal_psfs(bank), trainable_gains=True)
+    trainable(x).sum().backward()
+    assert trainable.gains.grad is not None and trainable.bias.grad is not None
+
+
+def test_with_simulated_psfs():
+    """Physical PSFs (ideal lens, default-like geometry) plug in: the output is a blurred version of the ideal one."""
+    torch.manual_seed(5)
+    layer = torch.nn.Conv2d(3, 2, 7, stride=2, padding=3, bias=False).double()
+    bank = build_kernel_bank(layer.weight, MEAN, STD, WLS)
+    system = OpticalSystem(superpixel_m=1.2e-6, n_superpixels=64, sensor_distance_m=3.2e-4, pixel_pitch_m=2.74e-6,
+                           psf_size_px=7)
+    wls = bank.wavelength_m.tolist()
+    psfs = psf_from_transmission(ideal_lens_transmission(system, wls), wls, system, 10.0)
+    x = torch.rand(1, 3, 20, 20, dtype=torch.float64)
+    y = OptoConv1(bank, psfs.double())(x)
+    ref = electronic(layer, x, MEAN, STD)
+    assert y.shape == ref.shape and torch.isfinite(y).all()
+    assert float((y - ref).norm() / ref.norm()) > 1e-3  # an ideal lens is not the kernel bank
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_opto_conv1_on_cuda(conv):
+    bank = build_kernel_bank(conv.weight.cuda(), MEAN.cuda(), STD.cuda(), WLS, bias=conv.bias.cuda())
+    layer = OptoConv1(bank, ideal_psfs(bank, 9))
+    x = torch.rand(2, 3, 23, 30, dtype=torch.float64, device="cuda")
+    ref = electronic(conv.cuda(), x, MEAN.cuda(), STD.cuda())
+    assert float((layer(x) - ref).norm() / ref.norm()) < 1e-5
