@@ -55,6 +55,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/stage1.smk"
+include: "workflow/rules/optics.smk"
 
 
 rule all:

@@ -8,6 +8,8 @@ set -euo pipefail
 STATE=${DKO_SLURM_DIR:-/tmp/dko-slurm}
 CONF=$STATE/slurm.conf
 HOST=$(hostname -s)
+SYSTEM_CONF=/etc/slurm/slurm.conf
+MARKER="# managed by dko scripts/slurm-local.sh"
 
 install() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
@@ -27,6 +29,7 @@ configure() {
     cpus=$(nproc)
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 85 / 100 ))
     cat > "$CONF" <<CONF
+$MARKER
 ClusterName=dkolocal
 SlurmctldHost=$HOST
 AuthType=auth/munge
@@ -48,6 +51,12 @@ SlurmdLogFile=$STATE/log/slurmd.log
 NodeName=$HOST CPUs=$cpus Boards=1 SocketsPerBoard=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
+    # Job steps (srun inside sbatch jobs) look for the default path, not $SLURM_CONF: put ours there
+    # unless another SLURM installation owns it.
+    if [[ ! -e $SYSTEM_CONF ]] || grep -qx "$MARKER" "$SYSTEM_CONF"; then
+        mkdir -p "$(dirname "$SYSTEM_CONF")"
+        cp "$CONF" "$SYSTEM_CONF"
+    fi
 }
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -85,6 +94,9 @@ stop() {
         fi
         rm -f "$file"
     done
+    if [[ -f $SYSTEM_CONF ]] && grep -qx "$MARKER" "$SYSTEM_CONF"; then
+        rm -f "$SYSTEM_CONF"
+    fi
 }
 
 case ${1:-} in

@@ -54,6 +54,7 @@ class NetworkConfig:
     norm_mean: float = 0.45
     norm_std: float = 0.225
     pretrained_dir: str | None = None
+    decoder_channels: tuple[int, ...] = (8, 16, 32, 64, 128)
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,50 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 25
     val_every: int = 250
+    si_lambda: float = 0.85
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     median_scaling: bool = False
     n_figure_images: int = 4
+
+
+@dataclass(frozen=True)
+class OpticsConfig:
+    wavelengths_m: tuple[float, ...] = (6.4e-7, 5.5e-7, 4.6e-7)
+    superpixel_m: float = 1.2e-6
+    n_superpixels: int = 128
+    sensor_distance_m: float = 6.3e-4
+    pixel_pitch_m: float = 2.74e-6
+    object_distances_m: tuple[float | None, ...] = (10.0,)
+    aperture: str = "circular"
+    pad_factor: float = 2.0
+    oversample: int = 1
+    psf_size_px: int = 21
+    dtype: str = "complex64"
+
+
+@dataclass(frozen=True)
+class MetaAtomConfig:
+    pillar_index: float = 2.4
+    substrate_index: float = 1.46
+    pillar_height_m: float = 6.0e-7
+    period_m: float = 3.0e-7
+    radius_min_m: float = 3.0e-8
+    radius_max_m: float = 1.35e-7
+    n_radii: int = 64
+    rcwa_order: int = 7
+    convergence_order_step: int = 2
+    convergence_radii: int = 8
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    full_well_e: float = 10000.0
+    read_noise_e: float = 2.0
+    bit_depth: int = 10
+    exposure: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,9 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    optics: OpticsConfig = field(default_factory=OpticsConfig)
+    metaatoms: MetaAtomConfig = field(default_factory=MetaAtomConfig)
+    sensor: SensorConfig = field(default_factory=SensorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -193,6 +235,8 @@ def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
         raise ValueError(
             f"config key 'train.warmup_steps' ({train['warmup_steps']}) must be smaller than 'train.steps' ({train['steps']})"
         )
+    _metaatom_checks(cfg)
+    _optics_checks(cfg)
     if cfg["device"] == "cuda":
         try:
             import torch
@@ -202,6 +246,51 @@ def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
             cuda_ok = False
         if not cuda_ok:
             raise ValueError("config key 'device' is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+
+
+def _metaatom_checks(cfg: dict) -> None:
+    meta = cfg.get("metaatoms")
+    if meta is None:
+        return
+    if meta["radius_min_m"] >= meta["radius_max_m"]:
+        raise ValueError(f"config key 'metaatoms.radius_min_m' ({meta['radius_min_m']}) must be smaller than "
+                         f"'metaatoms.radius_max_m' ({meta['radius_max_m']})")
+    if meta["radius_max_m"] >= meta["period_m"] / 2:
+        raise ValueError(f"config key 'metaatoms.radius_max_m' ({meta['radius_max_m']}) must be smaller than "
+                         f"metaatoms.period_m / 2 ({meta['period_m'] / 2}): neighbouring pillars would touch")
+    wavelengths = (cfg.get("optics") or {}).get("wavelengths_m") or []
+    if wavelengths:
+        limit = min(wavelengths) / meta["substrate_index"]
+        if meta["period_m"] >= limit:
+            raise ValueError(
+                f"config key 'metaatoms.period_m' ({meta['period_m']}) must be smaller than min(optics.wavelengths_m) / "
+                f"metaatoms.substrate_index = {min(wavelengths)} / {meta['substrate_index']} = {limit:.4e} m: a larger "
+                "period opens diffraction orders in the substrate and the zeroth-order table no longer describes the "
+                "metasurface")
+
+
+def _optics_checks(cfg: dict) -> None:
+    optics = cfg.get("optics")
+    if optics is None:
+        return
+    if optics["psf_size_px"] % 2 == 0:
+        raise ValueError(f"config key 'optics.psf_size_px' must be odd (PSF centred on a pixel), got {optics['psf_size_px']}")
+    period = (cfg.get("metaatoms") or {}).get("period_m")
+    if period:
+        ratio = optics["superpixel_m"] / period
+        if round(ratio) < 1 or abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(
+                f"config key 'optics.superpixel_m' ({optics['superpixel_m']}) must be a positive multiple of "
+                f"'metaatoms.period_m' ({period})"
+            )
+    grid = -(-optics["n_superpixels"] * optics["oversample"] * optics["pad_factor"] // 1)
+    extent = grid * optics["superpixel_m"] / optics["oversample"]
+    window = optics["psf_size_px"] * optics["pixel_pitch_m"]
+    if window > extent * (1 + 1e-6):
+        raise ValueError(
+            f"config key 'optics.psf_size_px' ({optics['psf_size_px']}) x pixel_pitch_m = {window:.3e} m exceeds the "
+            f"simulated sensor plane n_superpixels x superpixel_m x pad_factor = {extent:.3e} m"
+        )
 
 
 # ----------------------------------------------------------------------------- construction

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from dko.dko import OptimizationError, center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
+
+
+def _gauss(n, sigma, shift=0.0):
+    x = torch.arange(n, dtype=torch.float64) - n // 2 - shift
+    g = torch.exp(-x[:, None] ** 2 / (2 * sigma ** 2) - x[None] ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def test_fidelity_perfect_psf_is_exact():
+    t = torch.stack([_gauss(5, 1.0), _gauss(5, 0.7)])
+    m = fidelity_metrics(center_window(t, 11), t)
+    assert torch.allclose(m["rel_l2"], torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(m["energy_in_window"], torch.ones(2, dtype=torch.float64))
+    assert torch.allclose(m["ncc"], torch.ones(2, dtype=torch.float64))
+
+
+def test_fidelity_hand_computed():
+    t = torch.zeros(1, 3, 3, dtype=torch.float64)
+    t[0, 1, 1] = 1.0
+    psf = torch.zeros(1, 5, 5, dtype=torch.float64)
+    psf[0, 2, 2] = 0.5   # inside the 3x3 window
+    psf[0, 0, 0] = 0.5   # outside
+    psf[0, 2, 3] = 0.25  # inside, off centre
+    m = fidelity_metrics(psf, t, total_power=torch.tensor([1.0]))
+    # crop normalised: centre 2/3, neighbour 1/3 -> error sqrt((1/3)^2 + (1/3)^2) / 1
+    assert m["rel_l2"].item() == pytest.approx(math.sqrt(2) / 3)
+    assert m["energy_in_window"].item() == pytest.approx(0.75)
+    # ncc by hand: crop = [.5 at centre, .25 right], target = 1 at centre (9 px)
+    a = torch.zeros(9, dtype=torch.float64); a[4] = 0.5; a[5] = 0.25
+    b = torch.zeros(9, dtype=torch.float64); b[4] = 1.0
+    a, b = a - a.mean(), b - b.mean()
+    assert m["ncc"].item() == pytest.approx(float((a @ b) / (a.norm() * b.norm())))
+
+
+def test_loss_window_and_leakage_penalised():
+    assert loss_window(7, 2.0) == 15 and loss_window(3, 1.0) == 3
+    t = _gauss(3, 0.8)[None]
+    inside = center_window(t, 9)[None]
+    leaky = inside.clone()
+    leaky[..., 0, 0] += 0.3
+    l0, _ = kernel_loss(inside, t, window_factor=3.0)
+    l1, _ = kernel_loss(leaky, t, window_factor=3.0)
+    assert l0.item() == pytest.approx(0.0, abs=1e-15) and l1.item() > 0
+
+
+def _toy_psf_fn(p):
+    # a differentiable toy "optics": PSF = softmax of the design map (D=1, efficiency = sigmoid mean)
+    psf = torch.softmax(p.flatten(1), dim=1).reshape(p.shape)
+    return psf[None], torch.sigmoid(p.mean(dim=(-2, -1)))[None]
+
+
+def test_optimisation_reduces_loss_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    targets = torch.stack([_gauss(3, 0.6), _gauss(3, 1.2, shift=0.5)]).float()
+    p0 = 0.01 * torch.randn(2, 7, 7)
+    seen = []
+    p, hist = optimize_designs(p0, targets, _toy_psf_fn, steps=60, lr=0.2, plateau_patience=0,
+                               checkpoint_path=tmp_path / "ck.pt", checkpoint_every=20,
+                               on_metrics=lambda s, m: seen.append(s))
+    assert seen == list(range(60))
+    assert hist[-1]["loss"] < 0.2 * hist[0]["loss"]
+    assert math.isfinite(hist[-1]["efficiency"])
+    # resume: a finished checkpoint with more steps continues from step 60
+    _, hist2 = optimize_designs(p0, targets, _toy_psf_fn, steps=70, lr=0.2, plateau_patience=0,
+                                checkpoint_path=tmp_path / "ck.pt")
+    assert len(hist2) == 70 and hist2[:60] == hist
+
+
+def test_nan_guard():
+    targets = _gauss(3, 0.6)[None].float()
+
+    def bad(p):
+        return (p * float("nan"))[None], None
+
+    with pytest.raises(OptimizationError, match="step 0"):
+        optimize_designs(torch.zeros(1, 5, 5), targets, bad, steps=5)
