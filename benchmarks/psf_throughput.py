@@ -19,7 +19,12 @@ import time
 
 import torch
 
+from pathlib import Path
+
+from dko.config import load_config
+from dko.io import write_json
 from dko.optics.psf import OpticalSystem, psf_from_phase
+from dko.tracking import log_benchmark
 
 
 def _sync(device: torch.device) -> None:
@@ -42,17 +47,26 @@ def timeit(fn, device: torch.device, repeats: int) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--elements", type=int, default=96, help="elements in the batch (E)")
-    parser.add_argument("--n", type=int, default=128, help="superpixels per side (N)")
+    parser.add_argument("--config", default="config/config.yaml", help="config whose optics section is simulated")
+    parser.add_argument("--n", type=int, default=None, help="superpixels per side (default: the config's)")
     parser.add_argument("--pad-factor", type=float, default=2.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="results/benchmarks/psf_throughput.json", help="JSON written here")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     args = parser.parse_args(argv)
+    cfg = load_config(args.config)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    system = OpticalSystem(superpixel_m=1.2e-6, n_superpixels=args.n, sensor_distance_m=6.3e-4,
-                           pixel_pitch_m=2.74e-6, pad_factor=args.pad_factor, psf_size_px=21)
-    wavelengths = [(6.4e-7, 5.5e-7, 4.6e-7)[e % 3] for e in range(args.elements)]
+    overrides = {"pad_factor": args.pad_factor}
+    if args.n is not None:
+        overrides["n_superpixels"] = args.n
+    system = OpticalSystem.from_config(cfg.optics, **overrides)
+    args.n = system.n_superpixels
+    colours = tuple(cfg.optics.wavelengths_m)
+    wavelengths = [colours[e % len(colours)] for e in range(args.elements)]
+    distance_m = cfg.optics.object_distances_m[0]
     gen = torch.Generator(device="cpu").manual_seed(0)
     phase = (2 * torch.pi * torch.rand(args.elements, args.n, args.n, generator=gen)).to(device)
     m = system.padded_sim_size
@@ -60,7 +74,7 @@ def main(argv=None) -> dict:
 
     def psf_forward():
         with torch.no_grad():
-            return psf_from_phase(phase, wavelengths, system, 10.0)
+            return psf_from_phase(phase, wavelengths, system, distance_m)
 
     def fft_forward():
         with torch.no_grad():
@@ -70,7 +84,7 @@ def main(argv=None) -> dict:
     field_g = field.clone().requires_grad_(True)
 
     def psf_backward():
-        psf_from_phase(phase_g, wavelengths, system, 10.0).square().sum().backward()
+        psf_from_phase(phase_g, wavelengths, system, distance_m).square().sum().backward()
 
     def fft_backward():
         out = torch.fft.ifft2(torch.fft.fft2(field_g))
@@ -89,6 +103,12 @@ def main(argv=None) -> dict:
           f"{results['fft_pair_forward_s'] * 1e3:9.1f} ms   ratio {results['ratio_forward']:.2f}")
     print(f"  forward+backward: psf {results['psf_forward_backward_s'] * 1e3:9.1f} ms   fft pair "
           f"{results['fft_pair_forward_backward_s'] * 1e3:9.1f} ms   ratio {results['ratio_forward_backward']:.2f}")
+    settings = {"device": str(device), "threads": args.threads, "elements": args.elements, "n_superpixels": args.n,
+                "padded_grid": m, "pad_factor": args.pad_factor, "repeats": args.repeats, "config": args.config}
+    write_json(args.out, {**settings, **results})
+    print(f"wrote {args.out}")
+    if not args.no_mlflow:
+        log_benchmark("psf_throughput", results, settings, files=[args.out], results_dir=Path(args.out).parents[1])
     return results
 
 

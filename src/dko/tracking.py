@@ -294,3 +294,56 @@ class JobTracker:
         if self.failed:
             self._safe("set tag", self._client.set_tag, self.run_id, "dko.tracking_errors", "; ".join(self.errors)[:5000])
         self._safe("terminate run", _retry, self._client.set_terminated, self.run_id, status=status)
+
+
+# ----------------------------------------------------------------------------- benchmarks
+BENCHMARK_EXPERIMENT = "benchmarks"
+
+
+def log_benchmark(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+                  files: Iterable[str | Path] = (), results_dir: str | Path = "results",
+                  uri: str | None = None) -> str | None:
+    """Log one benchmark run (scripts in ``benchmarks/``) to the experiment ``benchmarks``.
+
+    Args:
+        name: run name, e.g. ``psf_throughput``.
+        metrics: numeric results (non-numeric values are skipped).
+        params: the benchmark's settings.
+        files: result files (JSON, CSV, figures) logged as artifacts.
+        results_dir: folder of the default sqlite store (``<results_dir>/mlflow.db``).
+        uri: tracking URI overriding the default store (e.g. ``http://127.0.0.1:5000``).
+    Returns:
+        The run id, or None if tracking failed (logged as an error; the files on disk are unaffected).
+    """
+    from mlflow.entities import Metric, Param
+
+    results = Path(results_dir).resolve()
+    uri = uri or f"sqlite:///{(results / 'mlflow.db').as_posix()}"
+    try:
+        client = _client(uri)
+        with _file_lock(results / ".mlflow.lock"):
+            location = None if uri.startswith(("http://", "https://")) else (results / "mlartifacts").as_uri()
+            experiment_id = _retry(_ensure_experiment, client, BENCHMARK_EXPERIMENT, location)
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        run = _retry(client.create_run, experiment_id,
+                     tags={MLFLOW_RUN_NAME: name, "dko.kind": "benchmark", "dko.git_commit": git_commit()})
+        now = int(time.time() * 1000)
+        values = []
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+                values.append(Metric(key, float(value), now, 0))
+        settings = [Param(str(k), str(v)[:6000]) for k, v in (params or {}).items()]
+        for chunk in _chunks(values, 500):
+            _retry(client.log_batch, run.info.run_id, metrics=chunk)
+        for chunk in _chunks(settings, 100):
+            _retry(client.log_batch, run.info.run_id, params=chunk)
+        for path in files:
+            if Path(path).is_file():
+                client.log_artifact(run.info.run_id, str(path))
+        _retry(client.set_terminated, run.info.run_id, status="FINISHED")
+        return run.info.run_id
+    except Exception as exc:
+        log.error("MLflow: logging benchmark %s failed: %s: %s (results on disk are unaffected)",
+                  name, type(exc).__name__, exc)
+        return None
