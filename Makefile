@@ -8,6 +8,8 @@ CORES ?= 2
 CONFIG ?= config/config.yaml
 SNAKEMAKE := $(VENV)/bin/snakemake
 PORT ?= 5000
+HOST ?= 127.0.0.1
+REPORT ?= results/report.html
 
 .PHONY: install run test dry-run report dashboard clean-results
 
@@ -28,8 +30,9 @@ dry-run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# HTML report of a finished run (figures + captions from workflow/report/*.rst); needs pygments (installed).
 report: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIG) --report results/report.html
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIG) --report $(REPORT)
 
 dashboard: $(STAMP)
-	$(PY) -m dko.dashboard --config $(CONFIG) --port $(PORT)
+	$(PY) -m dko.dashboard --config $(CONFIG) --port $(PORT) --host $(HOST)

@@ -57,6 +57,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/optics.smk"
+include: "workflow/rules/dko.smk"
+include: "workflow/rules/e2e.smk"
+# compare.smk stays LAST: it gathers every model that the files above add to EVAL_MODELS.
+include: "workflow/rules/compare.smk"
 
 
 rule all:

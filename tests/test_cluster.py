@@ -1,15 +1,18 @@
-"""A real single-node SLURM cluster on this machine runs the smoke pipeline through the slurm profile.
+"""A real single-node SLURM cluster on this machine runs part of the smoke pipeline through the slurm profile.
 
-Installs SLURM + munge from Debian if needed (root only), starts the daemons, runs Snakemake with
-``--profile workflow/profiles/slurm``, checks the results and that the jobs went through sbatch,
-then stops every daemon by PID, all under hard time limits.
+Installs SLURM + munge from Debian if needed (root only), starts the daemons, runs Snakemake with a copy of
+``workflow/profiles/slurm`` fitted to this node (GPU requests dropped, threads and memory capped) up to the
+assembled DKO front end (including the parallel ``optimize_metasurface`` shard jobs), checks the results and
+that the jobs went through sbatch, then stops every daemon by PID, all under hard time limits.
 """
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -55,21 +58,55 @@ def slurm_cluster(repo_root):
         assert not still, f"daemons left running: {still}"
 
 
+def _local_profile(repo_root: Path, tmp_path: Path, cpus: int = 1, mem_mb: int = 1500) -> Path:
+    """workflow/profiles/slurm as is, except what this 2-CPU node without GPUs cannot grant: no GPU requests,
+    threads capped at ``cpus`` and memory at ``mem_mb`` per job (so shard jobs run side by side)."""
+    profile = yaml.safe_load((repo_root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    assert profile["set-resources"]["optimize_metasurface"]["gpu"] == 1  # the real profile asks for GPUs
+    profile["set-threads"] = {rule: min(n, cpus) for rule, n in profile["set-threads"].items()}
+    for res in profile["set-resources"].values():
+        res.pop("gpu", None)
+        res["mem_mb"] = min(res["mem_mb"], mem_mb)
+        res["runtime"] = min(res["runtime"], 30)
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return folder
+
+
 def test_smoke_pipeline_through_slurm(slurm_cluster, tmp_path, repo_root, venv_bin):
+    """Data, meta-atoms, stage 1, kernel extraction, the parallel optimize_metasurface shards and the
+    assembled DKO front end, every job an sbatch job (a representative part of the smoke DAG)."""
     raw = yaml.safe_load((repo_root / "config" / "smoke.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "results")
     raw["experiment"] = "slurm_smoke"
     cfg_path = tmp_path / "smoke_slurm.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
+    exp = tmp_path / "results" / "slurm_smoke"
+    has_dko = (repo_root / "workflow" / "rules" / "dko.smk").is_file()
+    targets = [str(exp / "dko" / "frontend.npz")] if has_dko else []
     env = dict(slurm_cluster, PATH=f"{venv_bin}:{os.environ['PATH']}")
-    proc = subprocess.run(["timeout", "-s", "KILL", "900", str(venv_bin / "snakemake"), "--profile",
-                           "workflow/profiles/slurm", "--configfile", str(cfg_path), "--directory", str(repo_root),
-                           "--slurm-logdir", str(tmp_path / "slurm_logs")],
+    proc = subprocess.run(["timeout", "-s", "KILL", "900", str(venv_bin / "snakemake"), *targets, "--profile",
+                           str(_local_profile(repo_root, tmp_path)), "--configfile", str(cfg_path), "--directory",
+                           str(repo_root), "--slurm-logdir", str(tmp_path / "slurm_logs")],
                           cwd=repo_root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    exp = tmp_path / "results" / "slurm_smoke"
     assert (exp / "data" / "meta.json").is_file()
     # every job ran as a SLURM job: the executor keeps one log per job under --slurm-logdir
-    logs = sorted(p.relative_to(tmp_path / "slurm_logs").parts[0] for p in (tmp_path / "slurm_logs").rglob("*.log"))
+    logdir = tmp_path / "slurm_logs"
+    logs = sorted(p.relative_to(logdir).parts[0] for p in logdir.rglob("*.log"))
     assert "rule_prepare_dataset" in logs, logs
     assert "Submitted batch job" in proc.stdout + proc.stderr or "SLURM run ID" in proc.stdout + proc.stderr
+    if has_dko:
+        n_shards = -(-raw["network"]["base_width"] // raw["dko"]["shard_size"])
+        assert n_shards >= 2, "the smoke config should optimise at least two shards in parallel jobs"
+        shard_logs = list((logdir / "rule_optimize_metasurface").rglob("*.log"))
+        assert len(shard_logs) == n_shards, shard_logs
+        for shard in range(n_shards):
+            assert (exp / "dko" / "shards" / f"shard_{shard}.pt").stat().st_size > 0
+            assert json.loads((exp / "dko" / "shards" / f"shard_{shard}_budget.json").read_text())["steps"] >= 1
+        assert {"rule_train_electronic", "rule_extract_kernels", "rule_assemble_frontend"} <= set(logs), logs
+        with np.load(exp / "dko" / "frontend.npz") as front:
+            assert front["psfs"].shape[1] == front["targets"].shape[0] > 0
+            assert np.isfinite(front["psfs"]).all()

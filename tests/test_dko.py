@@ -80,3 +80,22 @@ def test_nan_guard():
 
     with pytest.raises(OptimizationError, match="step 0"):
         optimize_designs(torch.zeros(1, 5, 5), targets, bad, steps=5)
+
+
+def test_plateau_does_not_stop_a_slow_steady_descent():
+    """A loss falling by 0.05 % per step never improves by 0.1 % in one step, but does over the patience."""
+    p0 = torch.zeros(1, 2, 2)
+    targets = torch.ones(1, 3, 3) / 9
+    calls = {"n": 0}
+
+    def psf_fn(p):
+        calls["n"] += 1
+        scale = 0.9995 ** calls["n"]  # the shape loss shrinks geometrically, whatever p does
+        psf = center_window(torch.ones(1, 1, 3, 3) / 9, 3) + (p.sum() * 0 + scale) * torch.eye(3)[None, None] * 0.1
+        return psf, None
+
+    _, hist = optimize_designs(p0, targets, psf_fn, steps=300, lr=0.01, plateau_patience=20, plateau_rel_tol=1e-3)
+    assert len(hist) == 300
+    flat = lambda p: (torch.ones(1, 1, 3, 3) / 9 + p.sum() * 0 + 0.01 * torch.eye(3)[None, None], None)  # noqa: E731
+    _, hist = optimize_designs(p0, targets, flat, steps=300, lr=0.01, plateau_patience=20, plateau_rel_tol=1e-3)
+    assert len(hist) == 21  # a constant loss stops after the patience

@@ -178,3 +178,22 @@ def test_opto_conv1_on_cuda(conv):
     x = torch.rand(2, 3, 23, 30, dtype=torch.float64, device="cuda")
     ref = electronic(conv.cuda(), x, MEAN.cuda(), STD.cuda())
     assert float((layer(x) - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_fused_forward_equals_per_element_forward_with_gradients(conv):
+    """forward(fused=True) (one dense conv with effective_weight) = the per-element path, values and gradients."""
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias, stride=2, padding=3)
+    gen = torch.Generator().manual_seed(3)
+    psfs = torch.rand(bank.n_elements, 9, 9, dtype=torch.float64, generator=gen).requires_grad_(True)
+    x = torch.rand(2, 3, 21, 26, dtype=torch.float64, generator=gen)
+    grads = []
+    outs = []
+    for fused in (False, True):
+        layer = OptoConv1(bank, psfs)
+        y = layer(x, fused=fused)
+        (g,) = torch.autograd.grad((y * torch.linspace(0, 1, y.numel(), dtype=y.dtype).view_as(y)).sum(), psfs)
+        outs.append(y.detach())
+        grads.append(g)
+    assert outs[0].shape == outs[1].shape
+    assert float((outs[0] - outs[1]).norm() / outs[0].norm()) < 1e-12
+    assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 1e-12

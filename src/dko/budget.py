@@ -121,6 +121,11 @@ class BudgetRecorder:
         self._step_wall.append(time.perf_counter() - t)
         self._step_cpu.append(time.process_time() - c)
 
+    def add_step(self, wall_s: float, cpu_s: float) -> None:
+        """Record one step timed by the caller (for loops that report steps through a callback)."""
+        self._step_wall.append(float(wall_s))
+        self._step_cpu.append(float(cpu_s))
+
     def measure_flops(self, fn: Callable[[], Any]) -> int:
         """Count FLOPs of one step with :func:`count_flops` and record them as ``flops_per_step``."""
         self.flops_per_step = count_flops(fn)

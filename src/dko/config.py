@@ -83,7 +83,7 @@ class EvalConfig:
 class OpticsConfig:
     wavelengths_m: tuple[float, ...] = (6.4e-7, 5.5e-7, 4.6e-7)
     superpixel_m: float = 1.2e-6
-    n_superpixels: int = 128
+    n_superpixels: int = 192
     sensor_distance_m: float = 6.3e-4
     pixel_pitch_m: float = 2.74e-6
     object_distances_m: tuple[float | None, ...] = (10.0,)
@@ -117,6 +117,46 @@ class SensorConfig:
 
 
 @dataclass(frozen=True)
+class DKOConfig:
+    shard_size: int = 4
+    steps: int = 1000
+    lr: float = 0.05
+    window_factor: float = 2.0
+    efficiency_weight: float = 0.3
+    plateau_patience: int = 100
+    plateau_rel_tol: float = 1.0e-3
+    init_noise_std: float = 0.05
+    distance_mode: str = "single"
+    fidelity_distances_m: tuple[float | None, ...] = (1.0, 2.0, 4.0, 10.0, 20.0, 40.0, 80.0)
+    gain_calibration: str = "total"
+    element_pitch_m: float | None = None
+    gds_radius_step_m: float = 1.0e-9
+    checkpoint_every: int = 100
+    log_every: int = 25
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    variants: tuple[str, ...] = ("optics", "scratch")
+    budget: str = "time"
+    budget_basis: str = "cpu"
+    optics_budget: str = "stage2"
+    budget_scale: float = 1.0
+    steps: int = 100
+    max_steps: int | None = None
+    lr_optics: float = 0.3
+    lr_optics_scratch: float | None = 1.0
+    lr_backend: float | None = None
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"
+    train_noise: bool = False
+    n_val: int = 6
+    log_every: int = 5
+    checkpoint_every: int = 20
+    divergence_factor: float | None = 10.0
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
@@ -143,6 +183,8 @@ class Config:
     optics: OpticsConfig = field(default_factory=OpticsConfig)
     metaatoms: MetaAtomConfig = field(default_factory=MetaAtomConfig)
     sensor: SensorConfig = field(default_factory=SensorConfig)
+    dko: DKOConfig = field(default_factory=DKOConfig)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 

@@ -1,4 +1,4 @@
-"""``make dashboard``: a lean MLflow server on 127.0.0.1 over the results store.
+"""``make dashboard``: a lean MLflow server on 127.0.0.1 (or ``--host``, e.g. a cluster head node) over the results store.
 
 Measured (shared/notes): ``mlflow server --workers 1`` with job execution disabled starts in ~10 s
 at ~480 MB RSS, whereas ``mlflow ui`` starts 15 processes (2 GB). The server runs in its own process
@@ -80,19 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the DKO MLflow store on 127.0.0.1")
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on; 0.0.0.0 on a cluster head node so that jobs on the compute "
+                             "nodes can log to http://<head>:PORT (only on a trusted network: no authentication)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, check_paths=False)
-    if not port_is_free(args.port):
+    probe = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    if not port_is_free(args.port, probe):
         print(f"port {args.port} is in use; choose another with PORT=NNNN", file=sys.stderr)
         return 2
-    proc = start_server(cfg, args.port)
-    url = f"http://127.0.0.1:{args.port}"
+    proc = start_server(cfg, args.port, host=args.host)
+    url = f"http://{probe}:{args.port}"
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if not wait_until_up(url, proc=proc):
             print("the MLflow server did not start", file=sys.stderr)
             return 1
-        print(f"MLflow dashboard: {url}  (store {tracking_uri(cfg)}; Ctrl-C stops it)", flush=True)
+        print(f"MLflow dashboard: {url}  (listening on {args.host}; store {tracking_uri(cfg)}; Ctrl-C stops it)",
+              flush=True)
         proc.wait()
     except KeyboardInterrupt:
         print("\nstopping the dashboard", file=sys.stderr)

@@ -129,6 +129,7 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         log.info("resumed stage-2 optimisation from %s at step %d", ckpt, start)
     best_p = p.detach().clone()
     best = min((h["loss"] for h in history), default=math.inf)
+    ref = best
     since_best = 0
 
     def save(step: int) -> None:
@@ -154,13 +155,14 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
             bad = torch.nonzero(~torch.isfinite(p.grad).reshape(p.shape[0], -1).all(dim=1)).flatten().tolist()
             raise OptimizationError(f"non-finite gradient at step {step} for elements {bad[:10]}; lower dko.lr")
         value = float(loss.detach())
-        if value < best * (1 - plateau_rel_tol):
-            best, since_best = value, 0
-            best_p = p.detach().clone()
+        # plateau: no improvement by a relative plateau_rel_tol over the loss at the last reset (``ref``) for
+        # plateau_patience steps; comparing each step with the running best would stop a slow, steady descent
+        if value < ref * (1 - plateau_rel_tol):
+            ref, since_best = value, 0
         else:
             since_best += 1
-            if value < best:
-                best, best_p = value, p.detach().clone()
+        if value < best:
+            best, best_p = value, p.detach().clone()
         opt.step()
         metrics = {"loss": value, **parts}
         history.append(metrics)

@@ -213,6 +213,8 @@ class OptoConv1(nn.Module):
             it, the PSFs of the first object distance are used.
         noise: add sensor noise (requires ``sensor``); generator: torch.Generator for it;
         differentiable_noise: use the differentiable noise form.
+        fused: without noise (and for one object distance), compute the layer as one dense conv2d with
+            :meth:`effective_weight` (faster; equal up to float rounding).
     Returns:
         (B, K, H_out, W_out), H_out = floor((H + 2 padding - k) / stride) + 1, as conv2d.
     """
@@ -264,6 +266,27 @@ class OptoConv1(nn.Module):
         right = (w_out - 1) * self.stride + win - w - lead
         return lead, right, lead, bottom
 
+    def _pad_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw input (B, C, H, W) padded with ``pad_value`` for the valid strided conv (see :meth:`_pads`)."""
+        x = x.to(self.psfs.dtype)
+        pads = self._pads(x.shape[-2], x.shape[-1])
+        centred = x - self.pad_value[None, :, None, None]
+        return F.pad(centred, pads) + self.pad_value[None, :, None, None]
+
+    def effective_weight(self, distance_index: int = 0) -> torch.Tensor:
+        """Correlation weights (K, C, w, w) of the whole noise-free layer at one object distance.
+
+        ``W[k, c] = sum_{e: k(e) = k, c(e) = c} sign_e g_e rot180(PSF_e)``: without noise the layer is linear,
+        so ``forward(x) = conv2d(padded x, W, stride) + b'`` (:meth:`forward` with ``fused=True``), one dense
+        convolution instead of E single-channel ones. Differentiable in ``psfs`` and ``gains``.
+        """
+        psf = self.psfs[distance_index]
+        win = psf.shape[-1]
+        n_in = self.pad_value.numel()
+        parts = torch.flip(psf, dims=(-2, -1)) * (self.sign * self.gains)[:, None, None]
+        w = parts.new_zeros(self.n_out * n_in, win, win).index_add(0, self.out_channel * n_in + self.in_channel, parts)
+        return w.view(self.n_out, n_in, win, win)
+
     def sensor_images(self, x: torch.Tensor, depth_m: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-free strided sensor images S (B, E, H_out, W_out) of every element."""
         if x.ndim != 4:
@@ -271,10 +294,8 @@ class OptoConv1(nn.Module):
         b, c, h, w = x.shape
         if c != self.pad_value.numel():
             raise ValueError(f"x has {c} channels, the kernel bank expects {self.pad_value.numel()}")
-        x = x.to(self.psfs.dtype)
         pads = self._pads(h, w)
-        centred = x - self.pad_value[None, :, None, None]
-        xp = F.pad(centred, pads) + self.pad_value[None, :, None, None]
+        xp = self._pad_raw(x)
         xe = xp.index_select(1, self.in_channel)  # (B, E, Hp, Wp)
         n_el = xe.shape[1]
         # conv2d correlates: a true convolution with the PSF = correlation with the PSF rotated by 180 deg
@@ -306,7 +327,14 @@ class OptoConv1(nn.Module):
         return y + self.bias[None, :, None, None]
 
     def forward(self, x: torch.Tensor, depth_m: torch.Tensor | None = None, *, noise: bool = False,
-                generator: torch.Generator | None = None, differentiable_noise: bool = False) -> torch.Tensor:
+                generator: torch.Generator | None = None, differentiable_noise: bool = False,
+                fused: bool = False) -> torch.Tensor:
+        if fused and not noise and (depth_m is None or self.psfs.shape[0] == 1):
+            # same result as the per-element path up to float rounding (the layer is linear without noise)
+            if x.ndim != 4 or x.shape[1] != self.pad_value.numel():
+                raise ValueError(f"x must be (B, {self.pad_value.numel()}, H, W), got {tuple(x.shape)}")
+            y = F.conv2d(self._pad_raw(x), self.effective_weight(0), stride=self.stride)
+            return y + self.bias[None, :, None, None]
         s = self.sensor_images(x, depth_m)
         if noise:
             if self.sensor is None:

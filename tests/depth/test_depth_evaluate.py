@@ -40,6 +40,10 @@ def test_evaluate_model_writes_metrics_and_figure(row_dataset, tmp_path):
     rows = 2.0 + np.arange(1, 32)
     assert written["metrics"]["abs_rel"] == pytest.approx(np.mean(np.abs(rows - np.median(rows)) / rows), rel=1e-5)
     assert (tmp_path / "mean" / "examples.png").stat().st_size > 1000
+    arrays = np.load(tmp_path / "mean" / "examples.npz")  # the figure's data, for dko.compare
+    assert arrays["images"].shape[0] == arrays["depth"].shape[0] == arrays["pred"].shape[0] == 2
+    assert arrays["pred"].shape == arrays["depth"].shape and arrays["images"].dtype == np.uint8
+    assert np.all(arrays["pred"] == arrays["pred"][0, 0, 0])  # the mean predictor is constant
     with pytest.raises(ValueError, match="unknown model"):
         evaluate_model(cfg, "nonexistent", row_dataset, tmp_path / "x")
 

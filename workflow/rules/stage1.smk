@@ -44,6 +44,7 @@ rule evaluate:
         unpack(_evaluate_inputs),
     output:
         metrics=f"{EXP}/evaluate/{{model}}/metrics.json",
+        examples=f"{EXP}/evaluate/{{model}}/examples.npz",
         plot=report(f"{EXP}/evaluate/{{model}}/examples.png", caption="../report/evaluate.rst", category="Evaluation",
                     subcategory="{model}"),
     params:

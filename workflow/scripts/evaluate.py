@@ -10,7 +10,8 @@ def main(job):
     model = job.wildcards["model"]
     inputs = {k: str(v) for k, v in job.input.items() if k != "meta"}
     result = evaluate_model(job.cfg, model, Path(job.input.meta).parent, Path(job.output.metrics).parent,
-                            inputs=inputs, device=job.device, figure=job.output.plot)
+                            inputs=inputs, device=job.device, figure=job.output.plot,
+                            examples=job.output.examples)
     job.tracker.log_metrics({f"test_{k}": v for k, v in result["metrics"].items()})
     job.tracker.log_params({"eval_model": model, "median_scaling": result["median_scaling"]})
     job.tracker.log_artifact(job.output.metrics)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dko.data.format import Split, load_split, read_meta
-from dko.io import write_json
+from dko.io import atomic_path, write_json
 from dko.metrics import MetricAccumulator
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def evaluate_predictor(predict_fn: PredictFn, split: Split, protocol: str, min_d
         images = np.asarray(split.images[start:start + batch_size])
         gts = np.asarray(split.depth[start:start + batch_size], dtype=np.float32)
         t = time.perf_counter()
-        preds = np.asarray(predict_fn(images), dtype=np.float64)
+        # predictors that model depth-dependent image formation declare ``needs_depth`` and get the ground truth
+        preds = np.asarray(predict_fn(images, gts) if getattr(predict_fn, "needs_depth", False)
+                           else predict_fn(images), dtype=np.float64)
         predict_s += time.perf_counter() - t
         if preds.shape != gts.shape:
             raise ValueError(f"predictor returned shape {preds.shape}, expected {gts.shape}")
@@ -176,14 +178,30 @@ def _build_rowmean(ctx: PredictorContext) -> PredictFn:
     return RowMeanPredictor(load_split(ctx.data_dir, "train").depth, *_depth_range(ctx.meta))
 
 
+# Modules whose import registers more predictors (opto-electronic models); imported on first use.
+PREDICTOR_MODULES = ("dko.frontend", "dko.e2e")
+
+
+def _import_predictor_modules() -> None:
+    import importlib
+    import importlib.util
+
+    for module in PREDICTOR_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
 def build_predictor(name: str, ctx: PredictorContext) -> PredictFn:
+    if name not in PREDICTORS:
+        _import_predictor_modules()
     if name not in PREDICTORS:
         raise ValueError(f"unknown model '{name}' to evaluate (known: {sorted(PREDICTORS)})")
     return PREDICTORS[name](ctx)
 
 
 def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, inputs: Mapping[str, str] | None = None,
-                   device: Any = "cpu", split: str = "test", figure: str | Path | None = None) -> dict:
+                   device: Any = "cpu", split: str = "test", figure: str | Path | None = None,
+                   examples: str | Path | None = None) -> dict:
     """Evaluate predictor ``model`` on ``split`` of the dataset and write ``out_dir/metrics.json``.
 
     Args:
@@ -192,6 +210,9 @@ def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, i
         data_dir: prepared dataset folder (``meta.json``).
         inputs: files the predictor needs, e.g. ``{"model": ".../stage1/model.pt"}``.
         figure: PNG path of the input / ground truth / prediction figure (default ``out_dir/examples.png``).
+        examples: NPZ path of the figure's arrays (default ``out_dir/examples.npz``): ``images`` uint8
+            (N, H, W, 3), ``depth`` float32 (N, H, W) ground truth, ``pred`` float32 (N, H, W), ``names``;
+            ``dko.compare`` shows every model's predictions side by side from these files.
     Returns:
         The metrics dict written to ``metrics.json`` (metrics, counts, protocol, range, median scaling).
     """
@@ -206,10 +227,16 @@ def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, i
     t = time.perf_counter()
     result = evaluate_predictor(predict, data, meta["protocol"], lo, hi, median_scaling=cfg.eval.median_scaling)
     result.update(model=model, split=split, dataset_source=meta.get("source"), eval_s=time.perf_counter() - t)
+    if callable(getattr(predict, "extra_metrics", None)):  # e.g. conv1 fidelity / agreement with the teacher
+        result["extra_metrics"] = predict.extra_metrics()
     write_json(out_dir / "metrics.json", result)
     n_fig = min(cfg.eval.n_figure_images, len(data))
     images = np.asarray(data.images[:n_fig])
-    preds = np.asarray(predict(images), dtype=np.float32)
+    preds = np.asarray(predict(images, np.asarray(data.depth[:n_fig], dtype=np.float32))
+                       if getattr(predict, "needs_depth", False) else predict(images), dtype=np.float32)
+    with atomic_path(examples or out_dir / "examples.npz") as tmp:
+        np.savez_compressed(tmp, images=images, depth=np.asarray(data.depth[:n_fig], dtype=np.float32), pred=preds,
+                            names=np.asarray(list(data.names[:n_fig])), model=np.asarray(model))
     plot_depth_examples(images, np.asarray(data.depth[:n_fig]), preds, figure or out_dir / "examples.png",
                         min_depth_m=lo, max_depth_m=hi, names=data.names[:n_fig],
                         title=f"{model} on {meta.get('source', '?')} {split}: AbsRel {result['metrics']['abs_rel']:.3f}"

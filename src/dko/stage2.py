@@ -1,0 +1,389 @@
+"""Stage 2 (DKO) as pipeline steps: optimise one shard of elements, assemble the front end, write the layout.
+
+* :func:`optimize_shard` - rule ``optimize_metasurface``: the elements of one shard of output channels
+  (:func:`dko.kernels.shards`), initialised by :func:`dko.frontend.initial_designs` (computed for the whole
+  bank, so an element's start does not depend on the sharding), fitted with :func:`dko.dko.optimize_designs`
+  through :func:`dko.frontend.element_psfs` at the optimisation distance(s); checkpoint/resume; its own budget.
+* :func:`assemble_frontend` - rule ``assemble_frontend``: gathers the shards, simulates the realised PSFs at
+  every evaluation distance, calibrates the gains, lays the elements out, writes ``frontend.npz``,
+  ``fidelity.csv``, ``fidelity_summary.json``, the aggregated ``budget.json`` and the figures.
+* :func:`write_frontend_gds` - rule ``metasurface_gds``: the GDSII of the array (:mod:`dko.optics.gds`).
+
+Fidelity (``fidelity.csv``, one row per element and evaluated object distance):
+
+* ``rel_l2`` - ||crop_k(PSF) / sum(crop_k(PSF)) - target|| / ||target||: the relative L2 error of the realised
+  kernel inside its k x k support after the electronic gain (calibrated on the element) - the shape error.
+* ``energy_k`` - fraction of the light transmitted by the element (its whole simulated sensor plane) that
+  lands inside the k x k kernel window. The remainder reaches the sensor as a halo around every image point:
+  it is not part of the kernel. **This is the energy fraction of the acceptance criterion.**
+* ``energy_2k`` - the same inside the loss window (``dko.window_factor`` x k) - what the paper's loss sees.
+* ``energy_k_incident`` - light in the k x k window per incident light (includes the meta-atom losses).
+* ``energy_psf_window`` - fraction of the transmitted light inside the simulated ``psf_size_px`` window.
+* ``ncc`` - zero-mean normalised cross-correlation of crop_k(PSF) and the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from dko.budget import BudgetRecorder
+from dko.dko import center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
+from dko.frontend import (array_layout, calibrate_gains, distances_to_array, element_psfs, initial_designs,
+                          save_frontend, subset_bank)
+from dko.io import atomic_path, read_json, write_json
+from dko.kernels import shards
+from dko.opto_layer import KernelBank
+from dko.optics.psf import OpticalSystem, is_infinite_distance
+
+__all__ = ["SHARD_FORMAT", "n_shards", "optimization_distances", "evaluation_distances", "element_pitch_m",
+           "psf_fft_flops", "optimize_shard", "load_shard", "assemble_frontend", "aggregate_budgets",
+           "write_frontend_gds"]
+
+log = logging.getLogger(__name__)
+SHARD_FORMAT = "dko.shard/1"
+
+
+# ----------------------------------------------------------------------------- configuration helpers
+def n_shards(n_out: int, shard_size: int) -> int:
+    """Number of optimize_metasurface jobs: ceil(n_out / shard_size)."""
+    if shard_size < 1 or n_out < 1:
+        raise ValueError(f"need n_out >= 1 and dko.shard_size >= 1, got {n_out}, {shard_size}")
+    return -(-n_out // shard_size)
+
+
+def optimization_distances(cfg) -> list[float | None]:
+    """Object distances of the loss: ``optics.object_distances_m[0]`` (``single``) or all of them (``multi``)."""
+    dists = list(cfg.optics.object_distances_m)
+    if cfg.dko.distance_mode == "single":
+        return dists[:1]
+    if cfg.dko.distance_mode == "multi":
+        return dists
+    raise ValueError(f"dko.distance_mode must be 'single' or 'multi', got {cfg.dko.distance_mode!r}")
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if is_infinite_distance(a) or is_infinite_distance(b):
+        return is_infinite_distance(a) and is_infinite_distance(b)
+    return math.isclose(float(a), float(b), rel_tol=1e-9)
+
+
+def evaluation_distances(cfg) -> list[float | None]:
+    """The optimisation distances (first: the design distance), then the other ``dko.fidelity_distances_m``
+    ascending (infinity last)."""
+    out = optimization_distances(cfg)
+    rest = [z for z in cfg.dko.fidelity_distances_m if not any(_same(z, o) for o in out)]
+    rest = sorted({math.inf if is_infinite_distance(z) else float(z) for z in rest})
+    return out + [None if math.isinf(z) else z for z in rest]
+
+
+def element_pitch_m(cfg) -> float:
+    """``dko.element_pitch_m`` or, when null, max(aperture, max(data.height, data.width) * pixel pitch)."""
+    if cfg.dko.element_pitch_m is not None:
+        return float(cfg.dko.element_pitch_m)
+    aperture = cfg.optics.n_superpixels * cfg.optics.superpixel_m
+    image = max(cfg.data.height, cfg.data.width) * cfg.optics.pixel_pitch_m
+    return float(max(aperture, image))
+
+
+def psf_fft_flops(system: OpticalSystem, n_elements: int, n_distances: int, *, backward: bool = True) -> int:
+    """Estimated FLOPs of the FFTs of one :func:`element_psfs` call (``torch.utils.flop_counter`` counts none).
+
+    Per element and distance: one 2-D FFT of the padded M x M grid (5 M^2 log2(M^2)), the row inverse FFTs of
+    all M rows (5 M^2 log2 M) and the column inverse FFTs of the PSF window's columns (5 M w log2 M), with
+    the backward pass counted as the same again.
+    """
+    m = system.padded_sim_size
+    w = math.ceil(system.psf_size_px * system.pixel_pitch_m / system.sim_pitch_m) + 2
+    per = 5 * m * m * math.log2(m * m) + 5 * m * m * math.log2(m) + 5 * m * min(w, m) * math.log2(m)
+    return int(per * n_elements * n_distances * (2 if backward else 1))
+
+
+# ----------------------------------------------------------------------------- one shard
+def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | Path, *,
+                   checkpoint_path: str | Path | None = None, device: Any = "cpu",
+                   on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+    """Optimise the elements of shard ``shard`` and write ``out_path`` (.pt).
+
+    Args:
+        cfg: :class:`dko.config.Config` (``dko``, ``optics``, ``seed``).
+        bank: the whole kernel bank (CPU).
+        library: :class:`dko.optics.metaatoms.MetaAtomLibrary`.
+        shard: index in ``dko.kernels.shards(bank, cfg.dko.shard_size)``.
+        out_path: result file: ``{"format", "shard", "index" (long (E_s,)), "design" (float32 (E_s, N, N)),
+            "radius_m" (float32 (E_s, N, N)), "history" (list of per-step dicts), "budget" (dict), "distances_m"}``.
+        checkpoint_path: optimiser checkpoint (resumed when present; removed after success).
+    Returns:
+        The budget summary (also stored in the file).
+    """
+    parts = shards(bank, cfg.dko.shard_size)
+    if not 0 <= shard < len(parts):
+        raise ValueError(f"shard {shard} does not exist: dko.shard_size={cfg.dko.shard_size} gives {len(parts)} shards")
+    index = parts[shard]
+    system = OpticalSystem.from_config(cfg.optics)
+    distances = optimization_distances(cfg)
+    budget = BudgetRecorder(f"dko_shard{shard}", device)
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    budget_state = ckpt.with_suffix(".budget.json") if ckpt is not None else None
+    if budget_state is not None and budget_state.is_file() and ckpt.is_file():
+        budget.load_state_dict(read_json(budget_state))
+        log.info("shard %d: resuming, earlier segments %.1f s", shard, budget.prior["wall_s"])
+    budget.start()
+    history: list[dict] = []
+    design = torch.zeros(0, system.n_superpixels, system.n_superpixels)
+    if index.numel():
+        sub = subset_bank(bank, index).to(device)
+        # the whole bank's initialisation (seeded once): an element starts the same whatever the sharding
+        p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed)[index].to(device)
+        targets = sub.targets.to(device=device, dtype=torch.float32)
+
+        def psf_fn(p):
+            return element_psfs(p, sub, system, library, distances)
+
+        def one_step():
+            q = p0.clone().requires_grad_(True)
+            psfs, eff = psf_fn(q)
+            loss, _ = kernel_loss(psfs, targets, window_factor=cfg.dko.window_factor, efficiency=eff,
+                                  efficiency_weight=cfg.dko.efficiency_weight)
+            loss.backward()
+
+        if budget.flops_per_step is None:
+            budget.measure_flops(one_step)
+        last = {"wall": time.perf_counter(), "cpu": time.process_time()}
+
+        def metrics_cb(step: int, metrics: dict) -> None:
+            now_w, now_c = time.perf_counter(), time.process_time()
+            budget.add_step(now_w - last["wall"], now_c - last["cpu"])
+            last["wall"], last["cpu"] = now_w, now_c
+            if budget_state is not None and (step + 1) % cfg.dko.checkpoint_every == 0:
+                write_json(budget_state, budget.state_dict())
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+
+        design, history = optimize_designs(
+            p0, targets, psf_fn, steps=cfg.dko.steps, lr=cfg.dko.lr, window_factor=cfg.dko.window_factor,
+            efficiency_weight=cfg.dko.efficiency_weight, plateau_patience=cfg.dko.plateau_patience,
+            plateau_rel_tol=cfg.dko.plateau_rel_tol, checkpoint_path=ckpt, checkpoint_every=cfg.dko.checkpoint_every,
+            on_metrics=metrics_cb, progress=progress)
+    budget.stop()
+    budget.extra.update(shard=shard, n_elements=int(index.numel()), n_superpixels=system.n_superpixels,
+                        n_distances=len(distances),
+                        fft_flops_per_step_est=psf_fft_flops(system, int(index.numel()), len(distances)))
+    summary = budget.summary()
+    # a resumed optimisation re-reads its history from the checkpoint: count its steps from there
+    summary["steps"] = len(history)
+    if summary["flops_per_step"] is not None:
+        summary["flops_total"] = summary["flops_per_step"] * len(history)
+    summary["fft_flops_total_est"] = summary["fft_flops_per_step_est"] * len(history)
+    design = design.detach().to("cpu", torch.float32)
+    payload = {"format": SHARD_FORMAT, "shard": shard, "index": index.cpu(), "design": design,
+               "radius_m": library.radius_from_design(design).to(torch.float32),
+               "history": history, "budget": summary, "distances_m": distances}
+    with atomic_path(out_path) as tmp:
+        torch.save(payload, tmp)
+    for leftover in (ckpt, budget_state):
+        if leftover is not None:
+            Path(leftover).unlink(missing_ok=True)
+    if history:
+        log.info("shard %d: %d elements, %d steps, loss %.4g -> %.4g, %.1f s", shard, index.numel(), len(history),
+                 history[0]["loss"], min(h["loss"] for h in history), summary["wall_s"])
+    return summary
+
+
+def load_shard(path: str | Path) -> dict:
+    """Read a file written by :func:`optimize_shard`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"shard file '{path}' does not exist (run optimize_metasurface)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
+        raise ValueError(f"'{path}' is not a {SHARD_FORMAT} file")
+    return payload
+
+
+def aggregate_budgets(shard_budgets: Sequence[dict]) -> dict:
+    """Stage-2 budget from the per-shard budgets: sums of ``wall_s``, ``cpu_s``, ``steps``, ``flops_total``
+    (and the FFT estimate), max of ``peak_rss_mb``, ``n_jobs``, and the list ``shards``."""
+    if not shard_budgets:
+        raise ValueError("no shard budget to aggregate")
+
+    def total(key):
+        values = [b.get(key) for b in shard_budgets]
+        return None if any(v is None for v in values) else sum(values)
+
+    return {
+        "name": "dko",
+        "wall_s": float(sum(b["wall_s"] for b in shard_budgets)),
+        "cpu_s": float(sum(b["cpu_s"] for b in shard_budgets)),
+        "steps": int(sum(b["steps"] for b in shard_budgets)),
+        "peak_rss_mb": float(max(b["peak_rss_mb"] for b in shard_budgets)),
+        "flops_total": total("flops_total"),
+        "fft_flops_total_est": total("fft_flops_total_est"),
+        "n_jobs": len(shard_budgets),
+        "element_steps": int(sum(b["steps"] * b.get("n_elements", 0) for b in shard_budgets)),
+        "device": shard_budgets[0].get("device"),
+        "shards": list(shard_budgets),
+    }
+
+
+# ----------------------------------------------------------------------------- assembly
+def _psfs_no_grad(design: torch.Tensor, bank: KernelBank, system: OpticalSystem, library,
+                  distances: Sequence[float | None], chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    psfs, effs = [], []
+    with torch.no_grad():
+        for start in range(0, bank.n_elements, chunk):
+            idx = torch.arange(start, min(start + chunk, bank.n_elements))
+            p, e = element_psfs(design[idx], subset_bank(bank, idx), system, library, distances)
+            psfs.append(p)
+            effs.append(e)
+    return torch.cat(psfs, dim=1).float(), torch.cat(effs, dim=1).float()
+
+
+def fidelity_table(psfs: torch.Tensor, efficiency: torch.Tensor, bank: KernelBank, distances: Sequence[float | None],
+                   window_factor: float) -> list[dict]:
+    """Rows of ``fidelity.csv`` (see the module docstring) for PSFs (D, E, P, P) and efficiencies (D, E)."""
+    k = bank.kernel_size
+    w = min(loss_window(k, window_factor), psfs.shape[-1])
+    w = w if w % 2 else w - 1
+    rows = []
+    for d, z in enumerate(distances):
+        psf = psfs[d].double()
+        eff = efficiency[d].double()
+        m = fidelity_metrics(psf, bank.targets, total_power=eff)
+        in_k_incident = center_window(psf, k).sum(dim=(-2, -1))
+        in_2k = center_window(psf, w).sum(dim=(-2, -1)) / eff
+        in_p = psf.sum(dim=(-2, -1)) / eff
+        for e in range(bank.n_elements):
+            rows.append({
+                "element": e, "out_channel": int(bank.out_channel[e]), "in_channel": int(bank.in_channel[e]),
+                "sign": int(bank.sign[e]), "wavelength_m": float(bank.wavelength_m[e]),
+                "object_distance_m": math.inf if is_infinite_distance(z) else float(z),
+                "rel_l2": float(m["rel_l2"][e]), "energy_k": float(m["energy_in_window"][e]),
+                "energy_2k": float(in_2k[e]), "energy_k_incident": float(in_k_incident[e]),
+                "energy_psf_window": float(in_p[e]), "ncc": float(m["ncc"][e]), "efficiency": float(eff[e]),
+            })
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def summarize_fidelity(rows: list[dict], design_distance: float | None, *, max_rel_l2: float = 0.02,
+                       min_energy: float = 0.8) -> dict:
+    """Medians / extremes at the design distance, per-distance medians, and the issue's acceptance check
+    (median rel L2 <= ``max_rel_l2`` and median ``energy_k`` >= ``min_energy``)."""
+    z0 = math.inf if is_infinite_distance(design_distance) else float(design_distance)
+    at = [r for r in rows if r["object_distance_m"] == z0]
+    arr = {k: np.array([r[k] for r in at]) for k in ("rel_l2", "energy_k", "energy_2k", "energy_k_incident",
+                                                      "energy_psf_window", "ncc", "efficiency")}
+    out = {"design_distance_m": z0, "n_elements": len(at)}
+    for k, v in arr.items():
+        out[f"median_{k}"] = float(np.median(v))
+        out[f"min_{k}"] = float(v.min())
+        out[f"max_{k}"] = float(v.max())
+    by_distance = {}
+    for z in sorted({r["object_distance_m"] for r in rows}):
+        sel = [r for r in rows if r["object_distance_m"] == z]
+        by_distance[str(z)] = {k: float(np.median([r[k] for r in sel])) for k in ("rel_l2", "energy_k", "ncc")}
+    out["by_distance"] = by_distance
+    out["criterion"] = {"max_median_rel_l2": max_rel_l2, "min_median_energy_k": min_energy,
+                        "energy_definition": "light inside the k x k kernel window / light transmitted by the element",
+                        "passed": bool(out["median_rel_l2"] <= max_rel_l2 and out["median_energy_k"] >= min_energy)}
+    return out
+
+
+def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str | Path], out_dir: str | Path) -> dict:
+    """Gather the shards into ``out_dir``: ``frontend.npz``, ``fidelity.csv``, ``fidelity_summary.json``,
+    ``budget.json``, ``kernels_fit.png``, ``loss_curves.png``, ``fidelity_vs_distance.png``.
+
+    Returns the fidelity summary (with the budget's totals).
+    """
+    from dko.plots import plot_dko_fidelity_vs_distance, plot_dko_kernel_fit, plot_dko_loss_curves
+
+    out_dir = Path(out_dir)
+    system = OpticalSystem.from_config(cfg.optics)
+    n = system.n_superpixels
+    design = torch.full((bank.n_elements, n, n), float("nan"))
+    seen = torch.zeros(bank.n_elements, dtype=torch.bool)
+    budgets, histories = [], {}
+    for path in shard_files:
+        s = load_shard(path)
+        idx = s["index"].long()
+        if tuple(s["design"].shape[1:]) != (n, n):
+            raise ValueError(f"shard file '{path}' holds {tuple(s['design'].shape[1:])} designs but optics.n_superpixels={n}: "
+                             "it is stale, re-run optimize_metasurface")
+        if idx.numel() and (seen[idx].any() or int(idx.max()) >= bank.n_elements):
+            raise ValueError(f"shard file '{path}' overlaps another shard or does not fit the kernel bank")
+        design[idx] = s["design"]
+        seen[idx] = True
+        budgets.append(s["budget"])
+        histories[int(s["shard"])] = s["history"]
+    if not bool(seen.all()):
+        missing = torch.nonzero(~seen).flatten().tolist()
+        raise ValueError(f"elements {missing[:10]} are in no shard file: pass every optimize_metasurface output")
+    distances = evaluation_distances(cfg)
+    psfs, eff = _psfs_no_grad(design, bank, system, library, distances)
+    gains = calibrate_gains(psfs[0], bank.gains.float(), bank.kernel_size, cfg.dko.gain_calibration)
+    centers = array_layout(bank, element_pitch_m(cfg))
+    budget = aggregate_budgets(sorted(budgets, key=lambda b: b.get("shard", 0)))
+    write_json(out_dir / "budget.json", budget)
+    rows = fidelity_table(psfs, eff, bank, distances, cfg.dko.window_factor)
+    _write_csv(out_dir / "fidelity.csv", rows)
+    summary = summarize_fidelity(rows, distances[0])
+    summary.update(budget_wall_s=budget["wall_s"], budget_cpu_s=budget["cpu_s"], n_jobs=budget["n_jobs"],
+                   gain_calibration=cfg.dko.gain_calibration, n_superpixels=n,
+                   loss_window_px=loss_window(bank.kernel_size, cfg.dko.window_factor))
+    write_json(out_dir / "fidelity_summary.json", summary)
+    save_frontend(out_dir / "frontend.npz", radius_m=library.radius_from_design(design).float(), psfs=psfs,
+                  object_distances_m=distances, efficiency=eff, gains=gains, kernel_gains=bank.gains, bank=bank,
+                  element_centers_m=centers, system=system,
+                  info={"method": "dko", "gain_calibration": cfg.dko.gain_calibration,
+                        "optimization_distances_m": distances_to_array(optimization_distances(cfg)).tolist(),
+                        "element_pitch_m": element_pitch_m(cfg), "period_m": cfg.metaatoms.period_m,
+                        "median_rel_l2": summary["median_rel_l2"], "median_energy_k": summary["median_energy_k"]})
+    plot_dko_kernel_fit(bank.targets.numpy(), center_window(psfs[0], bank.kernel_size).numpy(),
+                        np.array([r["rel_l2"] for r in rows[:bank.n_elements]]),
+                        bank.out_channel.numpy(), bank.in_channel.numpy(), bank.sign.numpy(), out_dir / "kernels_fit.png")
+    plot_dko_loss_curves(histories, out_dir / "loss_curves.png")
+    plot_dko_fidelity_vs_distance(rows, out_dir / "fidelity_vs_distance.png")
+    log.info("front end: %d elements, median rel L2 %.4f (max %.4f), median energy in k window %.3f (2k %.3f), "
+             "NCC %.4f at %s m", bank.n_elements, summary["median_rel_l2"], summary["max_rel_l2"],
+             summary["median_energy_k"], summary["median_energy_2k"], summary["median_ncc"], summary["design_distance_m"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- layout
+def write_frontend_gds(frontend_path: str | Path, gds_path: str | Path, *, period_m: float,
+                       radius_step_m: float = 1e-9) -> dict:
+    """GDSII of the array in ``frontend.npz`` and its read-back summary (:mod:`dko.optics.gds`)."""
+    from dko.frontend import load_frontend
+    from dko.optics.gds import read_array_summary, write_array_gds
+
+    fe = load_frontend(frontend_path)
+    system = OpticalSystem(superpixel_m=fe.superpixel_m, n_superpixels=fe.n_superpixels,
+                           sensor_distance_m=fe.sensor_distance_m, pixel_pitch_m=fe.pixel_pitch_m, aperture=fe.aperture,
+                           psf_size_px=1)
+    mask = system.superpixel_aperture_mask().numpy()
+    names = [f"K{int(k):03d}_C{int(c)}_{'P' if s > 0 else 'N'}" for k, c, s in zip(fe.out_channel, fe.in_channel, fe.sign)]
+    written = write_array_gds(gds_path, fe.radius_m.astype(np.float64), fe.element_centers_m, fe.superpixel_m, period_m,
+                              element_names=names, aperture_mask=mask, radius_step_m=radius_step_m)
+    back = read_array_summary(gds_path)
+    expected = int(mask.sum()) * round(fe.superpixel_m / period_m) ** 2
+    problems = [name for name, el in back["elements"].items() if el["n_pillars"] != expected]
+    if len(back["elements"]) != fe.n_elements or problems:
+        raise ValueError(f"GDSII '{gds_path}' read back wrong: {len(back['elements'])} elements, "
+                         f"wrong pillar counts in {problems[:5]}")
+    return {**written, "pillars_per_element": expected, "element_pitch_m": float(fe.info.get("element_pitch_m", float("nan"))),
+            "radius_histogram_nm": back["radius_histogram_nm"]}
