@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dko.dko import OptimizationError, center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
+from dko.dko import OptimizationError, center_window, checkpoint_matches, fidelity_metrics, kernel_loss, loss_window, optimize_designs
 
 
 def _gauss(n, sigma, shift=0.0):
@@ -99,3 +99,31 @@ def test_plateau_does_not_stop_a_slow_steady_descent():
     flat = lambda p: (torch.ones(1, 1, 3, 3) / 9 + p.sum() * 0 + 0.01 * torch.eye(3)[None, None], None)  # noqa: E731
     _, hist = optimize_designs(p0, targets, flat, steps=300, lr=0.01, plateau_patience=20, plateau_rel_tol=1e-3)
     assert len(hist) == 21  # a constant loss stops after the patience
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path):
+    targets = torch.stack([_gauss(3, 0.8)])
+    p0 = torch.zeros(1, 5, 5)
+
+    def psf_fn(p):
+        psf = torch.nn.functional.softmax(p.reshape(1, -1), dim=-1).reshape(1, 1, 5, 5)
+        return psf, None
+
+    ck = tmp_path / "ck.pt"
+    optimize_designs(p0, targets, psf_fn, steps=5, lr=0.1, checkpoint_path=ck, run_key="a")
+    assert checkpoint_matches(ck, "a") and not checkpoint_matches(ck, "b")
+    # other settings: starts over (5 fresh steps), no error
+    _, history = optimize_designs(p0, targets, psf_fn, steps=5, lr=0.1, checkpoint_path=ck, run_key="b")
+    assert len(history) == 5
+    # same settings, more steps: resumes from step 5
+    _, history = optimize_designs(p0, targets, psf_fn, steps=8, lr=0.1, checkpoint_path=ck, run_key="b")
+    assert len(history) == 8
+    # two elements instead of one (other shape), same key: starts over
+    _, history = optimize_designs(torch.zeros(2, 5, 5), targets.expand(2, 3, 3), lambda p: (
+        torch.nn.functional.softmax(p.reshape(2, -1), dim=-1).reshape(1, 2, 5, 5), None), steps=3, lr=0.1,
+        checkpoint_path=ck, run_key="b")
+    assert len(history) == 3
+    ck.write_bytes(b"not a checkpoint")
+    assert not checkpoint_matches(ck, "c")
+    _, history = optimize_designs(p0, targets, psf_fn, steps=2, lr=0.1, checkpoint_path=ck, run_key="c")
+    assert len(history) == 2

@@ -88,13 +88,36 @@ def kernel_loss(psfs: torch.Tensor, targets: torch.Tensor, *, window_factor: flo
     return loss, {"shape": float(shape.detach()), "window_fraction": float(frac.detach().mean()), "efficiency": eff}
 
 
+def checkpoint_matches(path: str | Path, run_key: str | None) -> bool:
+    """True if the stage-2 checkpoint at ``path`` is readable and was written for ``run_key``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - unreadable means not resumable
+        return False
+    return isinstance(state, dict) and state.get("run_key") == run_key
+
+
+def _matching_checkpoint(path: Path, shape: tuple, run_key: str | None) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint means starting over
+        log.warning("stage-2 checkpoint %s unreadable (%s); starting over", path, exc)
+        return None
+    if state.get("run_key") != run_key or tuple(state["p"].shape) != shape:
+        log.warning("stage-2 checkpoint %s belongs to other settings; starting over", path)
+        return None
+    return state
+
+
 def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
                      psf_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], *,
                      steps: int = 300, lr: float = 0.05, window_factor: float = 2.0,
                      efficiency_weight: float = 0.0, plateau_patience: int = 50, plateau_rel_tol: float = 1e-3,
                      checkpoint_path: str | Path | None = None, checkpoint_every: int = 100,
                      on_metrics: Callable[[int, dict], None] | None = None,
-                     progress: bool = False) -> tuple[torch.Tensor, list[dict]]:
+                     progress: bool = False, run_key: str | None = None) -> tuple[torch.Tensor, list[dict]]:
     """Adam on design variables ``p`` (any shape, float) so that ``psf_fn(p)`` matches ``targets``.
 
     Args:
@@ -107,6 +130,8 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         checkpoint_path: if given, (p, Adam state, step, history) saved every ``checkpoint_every``
             steps and at the end; an existing file is resumed from.
         on_metrics: called ``on_metrics(step, {"loss", "shape", "window_fraction", "efficiency"})`` every step.
+        run_key: identifies the settings; a checkpoint written for other settings (or other shapes), or
+            an unreadable one, is ignored with a warning and the optimisation starts over.
     Returns:
         (best p (detached, same shape), history list of per-step metric dicts).
     Raises:
@@ -117,11 +142,8 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
     history: list[dict] = []
     start = 0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if tuple(state["p"].shape) != tuple(p.shape):
-            raise ValueError(f"checkpoint '{ckpt}' holds designs of shape {tuple(state['p'].shape)}, "
-                             f"expected {tuple(p.shape)}: delete it to restart")
+    state = _matching_checkpoint(ckpt, tuple(p.shape), run_key) if ckpt is not None else None
+    if state is not None:
         with torch.no_grad():
             p.copy_(state["p"].to(p.device, p.dtype))
         opt.load_state_dict(state["adam"])
@@ -136,7 +158,8 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         if ckpt is None:
             return
         with atomic_path(ckpt) as tmp:
-            torch.save({"p": p.detach().cpu(), "adam": opt.state_dict(), "step": step, "history": history}, tmp)
+            torch.save({"p": p.detach().cpu(), "adam": opt.state_dict(), "step": step, "history": history,
+                        "run_key": run_key}, tmp)
 
     iterator = range(start, steps)
     if progress:

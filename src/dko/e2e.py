@@ -449,7 +449,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
 
     from dko.config import resolve_device
     from dko.data.format import batch_to_tensors, load_split, read_meta
-    from dko.depth.train import BatchOrder, _valid_mask, augment
+    from dko.depth.train import BatchOrder, _valid_mask, augment, read_checkpoint
     from dko.stage2 import psf_fft_flops
 
     _check_variant(variant)
@@ -489,14 +489,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
     ckpt_path = out_dir / CHECKPOINT_FILE
 
     if ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint means starting over
-            log.warning("checkpoint %s unreadable (%s); starting from scratch", ckpt_path, exc)
-            ckpt = None
-        if ckpt is not None and ckpt.get("run_key") != key:
-            log.warning("checkpoint %s belongs to different settings or budget; starting from scratch", ckpt_path)
-            ckpt = None
+        ckpt = read_checkpoint(ckpt_path, key)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             front.load_state_dict(ckpt["front"])

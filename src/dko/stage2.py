@@ -25,6 +25,8 @@ Fidelity (``fidelity.csv``, one row per element and evaluated object distance):
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import time
@@ -35,7 +37,8 @@ import numpy as np
 import torch
 
 from dko.budget import BudgetRecorder
-from dko.dko import center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
+from dko.dko import (center_window, checkpoint_matches, fidelity_metrics, kernel_loss, loss_window,
+                     optimize_designs)
 from dko.frontend import (array_layout, calibrate_gains, distances_to_array, element_psfs, initial_designs,
                           save_frontend, subset_bank)
 from dko.io import atomic_path, read_json, write_json
@@ -107,6 +110,24 @@ def psf_fft_flops(system: OpticalSystem, n_elements: int, n_distances: int, *, b
 
 
 # ----------------------------------------------------------------------------- one shard
+_RESUMABLE_DKO_KEYS = ("steps", "checkpoint_every", "log_every", "fidelity_distances_m", "element_pitch_m",
+                       "gds_radius_step_m", "gain_calibration")
+
+
+def shard_run_key(cfg, bank: KernelBank, index: torch.Tensor) -> str:
+    """Hash of everything a shard's optimisation depends on (a checkpoint resumes only under the same key).
+
+    ``dko.steps`` and output-only settings are left out, so a longer run continues an earlier one.
+    """
+    conf = cfg.to_dict()
+    settings = {"dko": {k: v for k, v in conf["dko"].items() if k not in _RESUMABLE_DKO_KEYS},
+                "optics": conf["optics"], "metaatoms": conf["metaatoms"], "seed": conf["seed"],
+                "elements": [int(i) for i in index.tolist()]}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(bank.targets.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | Path, *,
                    checkpoint_path: str | Path | None = None, device: Any = "cpu",
                    on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
@@ -132,6 +153,12 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     budget = BudgetRecorder(f"dko_shard{shard}", device)
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     budget_state = ckpt.with_suffix(".budget.json") if ckpt is not None else None
+    key = shard_run_key(cfg, bank, index)
+    if ckpt is not None and ckpt.is_file() and not checkpoint_matches(ckpt, key):
+        log.warning("shard %d: checkpoint %s is of other settings; starting over", shard, ckpt)
+        ckpt.unlink()
+        if budget_state.is_file():
+            budget_state.unlink()
     if budget_state is not None and budget_state.is_file() and ckpt.is_file():
         budget.load_state_dict(read_json(budget_state))
         log.info("shard %d: resuming, earlier segments %.1f s", shard, budget.prior["wall_s"])
@@ -171,7 +198,7 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
             p0, targets, psf_fn, steps=cfg.dko.steps, lr=cfg.dko.lr, window_factor=cfg.dko.window_factor,
             efficiency_weight=cfg.dko.efficiency_weight, plateau_patience=cfg.dko.plateau_patience,
             plateau_rel_tol=cfg.dko.plateau_rel_tol, checkpoint_path=ckpt, checkpoint_every=cfg.dko.checkpoint_every,
-            on_metrics=metrics_cb, progress=progress)
+            on_metrics=metrics_cb, progress=progress, run_key=key)
     budget.stop()
     budget.extra.update(shard=shard, n_elements=int(index.numel()), n_superpixels=system.n_superpixels,
                         n_distances=len(distances),

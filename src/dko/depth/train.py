@@ -40,6 +40,22 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CURVE_COLUMNS = ["step", "lr", "train_loss"] + [f"val_{m}" for m in METRIC_NAMES]
 
 
+def read_checkpoint(path: Path, run_key: str) -> dict | None:
+    """The training checkpoint at ``path`` if it is readable and was written for ``run_key``, else None.
+
+    A corrupt checkpoint or one of other settings is logged and ignored (training starts over).
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint means starting over
+        log.warning("checkpoint %s unreadable (%s); starting from scratch", path, exc)
+        return None
+    if ckpt.get("run_key") != run_key:
+        log.warning("checkpoint %s belongs to different settings; starting from scratch", path)
+        return None
+    return ckpt
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based).
 
@@ -197,14 +213,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
 
     ckpt_path = out_dir / CHECKPOINT_FILE
     if ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint means starting over
-            log.warning("checkpoint %s unreadable (%s); starting from scratch", ckpt_path, exc)
-            ckpt = None
-        if ckpt is not None and ckpt.get("run_key") != key:
-            log.warning("checkpoint %s belongs to different settings; starting from scratch", ckpt_path)
-            ckpt = None
+        ckpt = read_checkpoint(ckpt_path, key)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimiser.load_state_dict(ckpt["optimiser"])
