@@ -53,7 +53,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -449,7 +448,8 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
 
     from dko.config import resolve_device
     from dko.data.format import batch_to_tensors, load_split, read_meta
-    from dko.depth.train import BatchOrder, _valid_mask, augment, read_checkpoint
+    from dko.depth.train import (BatchOrder, _valid_mask, augment, global_rng_state, read_checkpoint,
+                                 restore_global_rng_state)
     from dko.stage2 import psf_fft_flops
 
     _check_variant(variant)
@@ -498,11 +498,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
             order.load_state_dict(ckpt["order"])
             aug_gen.set_state(ckpt["aug_rng"])
             noise_gen.set_state(ckpt["noise_rng"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            np.random.set_state(ckpt["numpy_rng"])
-            random.setstate(ckpt["python_rng"])
+            restore_global_rng_state(ckpt, device)
             curves = list(ckpt["curves"])
             loss_sum, loss_n = ckpt["loss_acc"]
             first_window = ckpt["first_window"]
@@ -556,9 +552,8 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         state = {
             "run_key": key, "step": step, "model": model.state_dict(), "front": front.state_dict(),
             "optimisers": [opt.state_dict() for opt in optimisers], "order": order.state_dict(),
-            "aug_rng": aug_gen.get_state(), "noise_rng": noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "curves": curves,
+            "aug_rng": aug_gen.get_state(), "noise_rng": noise_gen.get_state(), **global_rng_state(device),
+            "curves": curves,
             "loss_acc": (loss_sum, loss_n), "first_window": first_window, "val_time": val_time,
             "next_val": next_val, "budget": budget.state_dict(),
         }

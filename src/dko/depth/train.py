@@ -40,6 +40,22 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CURVE_COLUMNS = ["step", "lr", "train_loss"] + [f"val_{m}" for m in METRIC_NAMES]
 
 
+def global_rng_state(device: torch.device) -> dict:
+    """The process-wide RNG states (torch, CUDA on ``device``, numpy, python) for a checkpoint."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+
+def restore_global_rng_state(ckpt: dict, device: torch.device) -> None:
+    """Restore what :func:`global_rng_state` saved into ``ckpt``."""
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+    np.random.set_state(ckpt["numpy_rng"])
+    random.setstate(ckpt["python_rng"])
+
+
 def read_checkpoint(path: Path, run_key: str) -> dict | None:
     """The training checkpoint at ``path`` if it is readable and was written for ``run_key``, else None.
 
@@ -220,11 +236,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             scheduler.load_state_dict(ckpt["scheduler"])
             order.load_state_dict(ckpt["order"])
             aug_gen.set_state(ckpt["aug_rng"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            np.random.set_state(ckpt["numpy_rng"])
-            random.setstate(ckpt["python_rng"])
+            restore_global_rng_state(ckpt, device)
             curves = list(ckpt["curves"])
             loss_sum, loss_n = ckpt["loss_acc"]
             budget.load_state_dict(ckpt["budget"])
@@ -248,9 +260,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
         state = {
             "run_key": key, "step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(), "order": order.state_dict(), "aug_rng": aug_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "curves": curves,
+            **global_rng_state(device), "curves": curves,
             "loss_acc": (loss_sum, loss_n), "budget": budget.state_dict(),
         }
         with atomic_path(ckpt_path) as tmp:
