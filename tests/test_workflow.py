@@ -25,7 +25,7 @@ def _snakemake(venv_bin: Path, repo_root: Path, *args: str, timeout: int = 900) 
 
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "seeds.yaml", "seeds_fast.yaml"])
 def test_dag_builds(repo_root, venv_bin, name):
-    proc = _snakemake(venv_bin, repo_root, "-n", "--rerun-incomplete", "--cores", "2", "--configfile", f"config/{name}")
+    proc = _snakemake(venv_bin, repo_root, "-n", "--forceall", "--cores", "2", "--configfile", f"config/{name}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "prepare_dataset" in proc.stdout + proc.stderr
 

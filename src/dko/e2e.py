@@ -48,7 +48,6 @@ it, ``lr`` is the optics learning rate).
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import logging
@@ -57,12 +56,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from dko.budget import BudgetRecorder
-from dko.io import atomic_path, read_json
+from dko.io import atomic_path, read_json, write_csv
 from dko.metrics import METRIC_NAMES
 from dko.opto_layer import KernelBank, OptoConv1
 
@@ -367,15 +365,6 @@ def run_key(cfg, variant: str, plan: Mapping) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _write_curves(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
-
-
 def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int) -> dict[str, float]:
     from dko.depth.train import validate
 
@@ -559,7 +548,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
-        _write_curves(out_dir / "curves.csv", curves)
+        write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
 
     budget.start()
     last_val: dict[str, float] = {}
@@ -641,7 +630,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
 
     _save_outputs(cfg, variant, model, front, out_dir, meta, step, plan)
     model.to(device)
-    _write_curves(out_dir / "curves.csv", curves)
+    write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
     spent, times = used()
     fft_per_step = psf_fft_flops(front.system, front.bank.n_elements, len(front.object_distances_m))
     budget.extra.update(

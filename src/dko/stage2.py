@@ -24,7 +24,6 @@ Fidelity (``fidelity.csv``, one row per element and evaluated object distance):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -41,7 +40,7 @@ from dko.dko import (center_window, checkpoint_matches, fidelity_metrics, kernel
                      optimize_designs)
 from dko.frontend import (array_layout, calibrate_gains, distances_to_array, element_psfs, initial_designs,
                           save_frontend, subset_bank)
-from dko.io import atomic_path, read_json, write_json
+from dko.io import atomic_path, read_json, write_csv, write_json
 from dko.kernels import shards
 from dko.opto_layer import KernelBank
 from dko.optics.psf import OpticalSystem, is_infinite_distance
@@ -299,14 +298,6 @@ def fidelity_table(psfs: torch.Tensor, efficiency: torch.Tensor, bank: KernelBan
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 def summarize_fidelity(rows: list[dict], design_distance: float | None, *, max_rel_l2: float = 0.02,
                        min_energy: float = 0.8) -> dict:
     """Medians / extremes at the design distance, per-distance medians, and the issue's acceptance check
@@ -367,7 +358,7 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
     budget = aggregate_budgets(sorted(budgets, key=lambda b: b.get("shard", 0)))
     write_json(out_dir / "budget.json", budget)
     rows = fidelity_table(psfs, eff, bank, distances, cfg.dko.window_factor)
-    _write_csv(out_dir / "fidelity.csv", rows)
+    write_csv(out_dir / "fidelity.csv", rows)
     summary = summarize_fidelity(rows, distances[0])
     summary.update(budget_wall_s=budget["wall_s"], budget_cpu_s=budget["cpu_s"], n_jobs=budget["n_jobs"],
                    gain_calibration=cfg.dko.gain_calibration, n_superpixels=n,

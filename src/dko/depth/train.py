@@ -13,7 +13,6 @@ weights, architecture and config), ``budget.json`` (:mod:`dko.budget`), ``curves
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from dko.depth.checkpoint import load_monodepth2, save_depthnet
 from dko.depth.evaluate import evaluate_predictor, model_predictor
 from dko.depth.losses import multiscale_depth_loss
 from dko.depth.model import DepthNet
-from dko.io import atomic_path
+from dko.io import atomic_path, write_csv
 from dko.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -156,15 +155,6 @@ def _valid_mask(depth: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return (depth > 0) & (depth >= lo) & (depth <= hi)
 
 
-def _write_curves(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row.get(k, "") for k in CURVE_COLUMNS})
-
-
 def validate(model: DepthNet, split: Split, meta: Mapping, device: Any, batch_size: int = 16) -> dict[str, float]:
     """Eigen metrics of ``model`` on a split (no median scaling); restores the model's training mode."""
     was_training = model.training
@@ -265,7 +255,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
-        _write_curves(out_dir / "curves.csv", curves)
+        write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
 
     last_val: dict[str, float] = {}
     last_loss = float("nan")
@@ -314,7 +304,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
                                dataset={k: meta[k] for k in ("source", "protocol", "height", "width", "min_depth_m",
                                                             "max_depth_m") if k in meta})
     model.to(device)
-    _write_curves(out_dir / "curves.csv", curves)
+    write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
     budget.extra.update(batch_size=tc.batch_size, image_height=int(meta["height"]), image_width=int(meta["width"]),
                         resumed_from_step=start_step)
     summary = budget.write(out_dir / "budget.json")
