@@ -94,11 +94,12 @@ def worker(args) -> dict:
         bank = bank.to(device)
         system = OpticalSystem.from_config(cfg.optics)
         library = MetaAtomLibrary.default()
-        p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed)
+        p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed,
+                             parametrization=cfg.dko.parametrization)
         distances = [cfg.optics.object_distances_m[0]]
 
         def psf_fn(p):
-            return element_psfs(p, bank, system, library, distances)
+            return element_psfs(p, bank, system, library, distances, cfg.dko.parametrization)
 
         def one_step():
             p = p0.clone().requires_grad_(True)

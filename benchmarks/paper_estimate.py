@@ -100,11 +100,13 @@ def main(argv=None) -> dict:
     for n in args.grids:
         system = OpticalSystem.from_config(cfg.optics, n_superpixels=n)
         clear_caches()
-        p0 = initial_designs(one, system, library, noise_std=cfg.dko.init_noise_std, seed=0).to(device)
+        p0 = initial_designs(one, system, library, noise_std=cfg.dko.init_noise_std, seed=0,
+                             parametrization=cfg.dko.parametrization).to(device)
 
         def dko_step():
             p = p0.clone().requires_grad_(True)
-            psfs, eff = element_psfs(p, one, system, library, [cfg.optics.object_distances_m[0]])
+            psfs, eff = element_psfs(p, one, system, library, [cfg.optics.object_distances_m[0]],
+                                     cfg.dko.parametrization)
             loss, _ = kernel_loss(psfs, one.targets, window_factor=cfg.dko.window_factor, efficiency=eff,
                                   efficiency_weight=cfg.dko.efficiency_weight)
             loss.backward()

@@ -11,7 +11,7 @@ import yaml
 TOY = {"device": "cpu", "data": {"height": 32, "width": 64},
        "network": {"blocks_per_stage": [1, 1, 1, 1], "base_width": 4, "decoder_channels": [4, 4, 4, 8, 8]},
        "train": {"steps": 10, "batch_size": 4, "warmup_steps": 1},
-       "optics": {"n_superpixels": 40, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
+       "optics": {"n_superpixels": 40, "superpixel_m": 1.2e-6, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
        "dko": {"shard_size": 2, "steps": 7}}
 
 

@@ -13,7 +13,7 @@ TOY = {"device": "cpu", "tracking": {"enabled": False},
        "data": {"height": 32, "width": 64, "n_train": 6, "n_val": 2, "n_test": 3},
        "network": {"blocks_per_stage": [1, 1, 1, 1], "base_width": 4, "decoder_channels": [4, 4, 4, 8, 8]},
        "train": {"steps": 4, "batch_size": 2, "warmup_steps": 1},
-       "optics": {"n_superpixels": 16, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
+       "optics": {"n_superpixels": 16, "superpixel_m": 1.2e-6, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
        "dko": {"shard_size": 2, "fidelity_distances_m": [10.0]}}
 
 

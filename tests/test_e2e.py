@@ -11,7 +11,7 @@ from dko.depth.checkpoint import load_depthnet, save_depthnet
 from dko.depth.model import DepthNet
 from dko.e2e import CHECKPOINT_FILE, CURVE_COLUMNS, E2EDivergence, budget_plan, build_e2e, e2e_step, lr_factor, \
     optics_lr, train_e2e
-from dko.frontend import load_frontend
+from dko.frontend import design_radius, load_frontend
 
 from tests.depth.conftest import write_row_dataset
 
@@ -21,7 +21,7 @@ TINY = {
     "data": {"height": 32, "width": 64, "n_train": 6, "n_val": 2, "n_test": 3},
     "network": {"blocks_per_stage": [1, 1, 1, 1], "base_width": 4, "decoder_channels": [4, 4, 4, 8, 8]},
     "train": {"steps": 6, "batch_size": 2, "warmup_steps": 1, "lr": 0.01},
-    "optics": {"n_superpixels": 16, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
+    "optics": {"n_superpixels": 16, "superpixel_m": 1.2e-6, "psf_size_px": 9, "sensor_distance_m": 1.0e-4},
     "dko": {"fidelity_distances_m": [10.0, 2.0]},
     "e2e": {"budget": "steps", "steps": 4, "n_val": 2, "log_every": 1, "checkpoint_every": 2, "lr_optics": 0.05,
             "lr_optics_scratch": None},
@@ -93,7 +93,7 @@ def test_optics_variant_trains_only_the_designs(setup, tmp_path):
     # the designs moved away from DKO's initialisation
     _, front0 = build_e2e(cfg, "optics", meta={"min_depth_m": 1.0, "max_depth_m": 80.0}, stage1_model=stage1)
     fe = load_frontend(out / "frontend.npz")
-    r0 = front0.library.radius_from_design(front0.p.detach().double()).float().numpy()
+    r0 = design_radius(front0.p.detach(), front0.bank, front0.library, front0.parametrization).float().numpy()
     assert abs(fe.radius_m - r0).max() > 1e-10
     assert fe.n_elements == 4 * 3 * 2 and fe.psfs.shape[:2] == (2, fe.n_elements)  # distances 10 m and 2 m
     assert fe.info["method"] == "e2e" and fe.info["variant"] == "optics"

@@ -25,7 +25,7 @@ WLS = [6.4e-7, 5.5e-7, 4.6e-7]
 def _cfg(tmp_path, **dko):
     return config_from_dict({
         "results_dir": str(tmp_path), "seed": 1,
-        "optics": {"n_superpixels": 24, "sensor_distance_m": 2.0e-4, "psf_size_px": 15, "object_distances_m": [10.0, 2.0]},
+        "optics": {"n_superpixels": 24, "superpixel_m": 1.2e-6, "sensor_distance_m": 2.0e-4, "psf_size_px": 15, "object_distances_m": [10.0, 2.0]},
         "dko": {"steps": 6, "shard_size": 1, "lr": 0.05, "plateau_patience": 0, "checkpoint_every": 2,
                 "fidelity_distances_m": [1.0, None, 10.0], **dko},
     })

@@ -71,6 +71,7 @@ class TrainConfig:
     log_every: int = 25
     val_every: int = 250
     si_lambda: float = 0.85
+    conv1_smoothness: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class EvalConfig:
 @dataclass(frozen=True)
 class OpticsConfig:
     wavelengths_m: tuple[float, ...] = (6.4e-7, 5.5e-7, 4.6e-7)
-    superpixel_m: float = 1.2e-6
+    superpixel_m: float = 6.0e-7
     n_superpixels: int = 192
-    sensor_distance_m: float = 6.3e-4
+    sensor_distance_m: float = 1.5e-4
     pixel_pitch_m: float = 2.74e-6
     object_distances_m: tuple[float | None, ...] = (10.0,)
     aperture: str = "circular"
@@ -120,9 +121,10 @@ class SensorConfig:
 class DKOConfig:
     shard_size: int = 4
     steps: int = 1000
-    lr: float = 0.05
+    lr: float = 0.5
     window_factor: float = 2.0
-    efficiency_weight: float = 0.3
+    efficiency_weight: float = 0.03
+    parametrization: str = "phase"
     plateau_patience: int = 100
     plateau_rel_tol: float = 1.0e-3
     init_noise_std: float = 0.05

@@ -210,14 +210,16 @@ class E2EFrontEnd(nn.Module):
         gain_calibration: ``dko.gain_calibration`` (``total`` / ``window`` / ``none``).
         trainable_electronics: make the gains and bias parameters (variant scratch).
         sensor: optional :class:`dko.optics.sensor.SensorModel` for noisy forwards.
+        parametrization: meaning of the design variables (``dko.parametrization``, as in DKO).
     Forward: raw images (B, C, H, W) in [0, 1] -> conv1 features (B, K, H_out, W_out).
     """
 
     def __init__(self, bank: KernelBank, p0: torch.Tensor, system, library,
                  object_distances_m: Sequence[float | None], *, gain_calibration: str = "total",
-                 trainable_electronics: bool = False, sensor=None):
+                 trainable_electronics: bool = False, sensor=None, parametrization: str = "phase"):
         super().__init__()
         self.bank = bank
+        self.parametrization = parametrization
         self.system = system
         self.library = library
         self.object_distances_m = list(object_distances_m)
@@ -235,7 +237,8 @@ class E2EFrontEnd(nn.Module):
         """``(psfs (D, E, P, P), efficiency (D, E))`` of the current designs (differentiable)."""
         from dko.frontend import element_psfs
 
-        return element_psfs(self.p, self.bank, self.system, self.library, self.object_distances_m)
+        return element_psfs(self.p, self.bank, self.system, self.library, self.object_distances_m,
+                            self.parametrization)
 
     def layer(self, psfs: torch.Tensor | None = None) -> OptoConv1:
         """The :class:`OptoConv1` of the current designs (or of ``psfs`` (D, E, P, P)); differentiable."""
@@ -317,10 +320,10 @@ def build_e2e(cfg, variant: str, *, meta: Mapping, stage1_model: str | Path | No
     system = OpticalSystem.from_config(cfg.optics)
     library = _library(cfg, library_path)
     p0 = initial_designs(bank, system, library, noise_std=float(cfg.dko.init_noise_std), seed=int(cfg.seed),
-                         focus_distance_m=None)
+                         focus_distance_m=None, parametrization=cfg.dko.parametrization)
     front = E2EFrontEnd(bank, p0, system, library, [cfg.optics.object_distances_m[0]],
                         gain_calibration=cfg.dko.gain_calibration, trainable_electronics=(variant == "scratch"),
-                        sensor=SensorModel.from_config(cfg.sensor))
+                        sensor=SensorModel.from_config(cfg.sensor), parametrization=cfg.dko.parametrization)
     return model.to(device), front.to(device)
 
 
@@ -382,7 +385,7 @@ def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int) -
 def _save_outputs(cfg, variant: str, model, front: E2EFrontEnd, out_dir: Path, meta: Mapping, steps: int,
                   plan: Mapping) -> None:
     from dko.depth.checkpoint import save_depthnet
-    from dko.frontend import array_layout, calibrate_gains, element_psfs, save_frontend
+    from dko.frontend import array_layout, calibrate_gains, design_radius, radius_psfs, save_frontend
     from dko.stage2 import element_pitch_m, evaluation_distances
 
     model = model.cpu()
@@ -394,10 +397,10 @@ def _save_outputs(cfg, variant: str, model, front: E2EFrontEnd, out_dir: Path, m
     # the distances DKO stores (first: the design distance optics.object_distances_m[0], the one trained at)
     distances = evaluation_distances(cfg)
     with torch.no_grad():
-        psfs, eff = element_psfs(front.p, front.bank, front.system, front.library, distances)
+        radius = design_radius(front.p, front.bank, front.library, front.parametrization)
+        psfs, eff = radius_psfs(radius, front.bank, front.system, front.library, distances)
         psfs = psfs.float()
         gains = calibrate_gains(psfs[0], front.kernel_gains, front.bank.kernel_size, front.gain_calibration)
-        radius = front.library.radius_from_design(front.p.double())
     b = front.bank
     bank = KernelBank(targets=b.targets, gains=front.kernel_gains.detach(), sign=b.sign, out_channel=b.out_channel,
                       in_channel=b.in_channel, wavelength_m=b.wavelength_m, bias=front.bias.detach(),

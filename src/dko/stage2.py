@@ -38,8 +38,8 @@ import torch
 from dko.budget import BudgetRecorder
 from dko.dko import (center_window, checkpoint_matches, fidelity_metrics, kernel_loss, loss_window,
                      optimize_designs)
-from dko.frontend import (array_layout, calibrate_gains, distances_to_array, element_psfs, initial_designs,
-                          save_frontend, subset_bank)
+from dko.frontend import (array_layout, calibrate_gains, design_radius, distances_to_array, element_psfs,
+                          initial_designs, radius_psfs, save_frontend, subset_bank)
 from dko.io import atomic_path, read_json, write_csv, write_json
 from dko.kernels import shards
 from dko.opto_layer import KernelBank
@@ -167,11 +167,12 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     if index.numel():
         sub = subset_bank(bank, index).to(device)
         # the whole bank's initialisation (seeded once): an element starts the same whatever the sharding
-        p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed)[index].to(device)
+        p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed,
+                             parametrization=cfg.dko.parametrization)[index].to(device)
         targets = sub.targets.to(device=device, dtype=torch.float32)
 
         def psf_fn(p):
-            return element_psfs(p, sub, system, library, distances)
+            return element_psfs(p, sub, system, library, distances, cfg.dko.parametrization)
 
         def one_step():
             q = p0.clone().requires_grad_(True)
@@ -210,7 +211,8 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     summary["fft_flops_total_est"] = summary["fft_flops_per_step_est"] * len(history)
     design = design.detach().to("cpu", torch.float32)
     payload = {"format": SHARD_FORMAT, "shard": shard, "index": index.cpu(), "design": design,
-               "radius_m": library.radius_from_design(design).to(torch.float32),
+               "radius_m": design_radius(design, subset_bank(bank, index), library,
+                                         cfg.dko.parametrization).to(torch.float32),
                "history": history, "budget": summary, "distances_m": distances}
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
@@ -260,13 +262,14 @@ def aggregate_budgets(shard_budgets: Sequence[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- assembly
-def _psfs_no_grad(design: torch.Tensor, bank: KernelBank, system: OpticalSystem, library,
+def _psfs_no_grad(radius_m: torch.Tensor, bank: KernelBank, system: OpticalSystem, library,
                   distances: Sequence[float | None], chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """PSFs (D, E, P, P) and efficiencies (D, E) of the realised radii (E, N, N), in chunks of elements."""
     psfs, effs = [], []
     with torch.no_grad():
         for start in range(0, bank.n_elements, chunk):
             idx = torch.arange(start, min(start + chunk, bank.n_elements))
-            p, e = element_psfs(design[idx], subset_bank(bank, idx), system, library, distances)
+            p, e = radius_psfs(radius_m[idx], subset_bank(bank, idx), system, library, distances)
             psfs.append(p)
             effs.append(e)
     return torch.cat(psfs, dim=1).float(), torch.cat(effs, dim=1).float()
@@ -352,7 +355,8 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
         missing = torch.nonzero(~seen).flatten().tolist()
         raise ValueError(f"elements {missing[:10]} are in no shard file: pass every optimize_metasurface output")
     distances = evaluation_distances(cfg)
-    psfs, eff = _psfs_no_grad(design, bank, system, library, distances)
+    radius = design_radius(design, bank, library, cfg.dko.parametrization)
+    psfs, eff = _psfs_no_grad(radius, bank, system, library, distances)
     gains = calibrate_gains(psfs[0], bank.gains.float(), bank.kernel_size, cfg.dko.gain_calibration)
     centers = array_layout(bank, element_pitch_m(cfg))
     budget = aggregate_budgets(sorted(budgets, key=lambda b: b.get("shard", 0)))
@@ -364,7 +368,7 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
                    gain_calibration=cfg.dko.gain_calibration, n_superpixels=n,
                    loss_window_px=loss_window(bank.kernel_size, cfg.dko.window_factor))
     write_json(out_dir / "fidelity_summary.json", summary)
-    save_frontend(out_dir / "frontend.npz", radius_m=library.radius_from_design(design).float(), psfs=psfs,
+    save_frontend(out_dir / "frontend.npz", radius_m=radius.float(), psfs=psfs,
                   object_distances_m=distances, efficiency=eff, gains=gains, kernel_gains=bank.gains, bank=bank,
                   element_centers_m=centers, system=system,
                   info={"method": "dko", "gain_calibration": cfg.dko.gain_calibration,

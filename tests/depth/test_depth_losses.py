@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dko.depth.losses import multiscale_depth_loss, scale_invariant_log_loss
+from dko.depth.losses import kernel_roughness, multiscale_depth_loss, scale_invariant_log_loss
 
 
 def test_hand_value_and_mask():
@@ -50,3 +50,35 @@ def test_multiscale_upsamples_every_scale():
     disps[("disp", 3)] = torch.full((1, 1, 1, 1), 0.25)  # 20 m at the coarsest scale only
     expected = (math.log(2.0) ** 2) * (1 - 0.85) / 4
     assert float(multiscale_depth_loss(disps, gt, gt > 0, to_depth)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_kernel_roughness_hand_computed_and_scale_free():
+    const = torch.full((2, 3, 5, 5), 0.7)
+    assert float(kernel_roughness(const)) == 0.0
+    # a 2 x 2 checkerboard [[1, -1], [-1, 1]]: 2 horizontal + 2 vertical differences of 2^2 each / energy 4 = 4
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).reshape(1, 1, 2, 2)
+    assert float(kernel_roughness(checker)) == pytest.approx(4.0)
+    # a ramp 0, 1, 2 in x, constant in y (3 x 3): 6 differences of 1 / energy 3 * (0 + 1 + 4) = 15
+    ramp = torch.arange(3.0).repeat(3, 1).reshape(1, 1, 3, 3)
+    assert float(kernel_roughness(ramp)) == pytest.approx(6 / 15)
+    # mean over kernels, independent of each kernel's scale
+    both = torch.cat([checker, 10 * checker], dim=0)
+    assert float(kernel_roughness(both)) == pytest.approx(4.0)
+    torch.manual_seed(0)
+    white = torch.randn(64, 3, 7, 7)
+    assert 3.0 < float(kernel_roughness(white)) < 4.0  # 2 * 2 * 42/49 in expectation
+    with pytest.raises(ValueError, match="kernel_roughness"):
+        kernel_roughness(torch.zeros(3, 7, 7))
+
+
+def test_kernel_roughness_gradient_smooths_kernels():
+    torch.manual_seed(1)
+    w = torch.randn(8, 3, 7, 7, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    start, norm = float(kernel_roughness(w)), float(w.detach().norm())
+    for _ in range(50):
+        opt.zero_grad()
+        kernel_roughness(w).backward()
+        opt.step()
+    assert float(kernel_roughness(w)) < 0.3 * start
+    assert float(w.detach().norm()) > 0.5 * norm  # smoothed, not shrunk to zero

@@ -130,6 +130,27 @@ def test_reverse_lookup_phase_error_small_where_amplitude_high(lib):
     assert float(err.abs().median()) < 0.1
 
 
+@pytest.mark.parametrize("wl", [4.6e-7, 5.5e-7, 6.4e-7])
+def test_phase_design_variable_is_the_realised_lookup_with_ideal_gradient(lib, wl):
+    """transmission_for_phase: forward = the pillar of radius_for_phase (periodic in 2 pi), backward = the
+    derivative of |t| exp(i phase) (straight-through), never zero inside the library's phase gaps."""
+    phase = torch.linspace(-7.0, 7.0, 301, dtype=torch.float64, requires_grad=True)
+    t = lib.transmission_for_phase(phase, wl)
+    radius = lib.radius_for_phase(phase.detach(), wl)
+    assert torch.allclose(t.detach(), lib.transmission(radius, wl))
+    assert torch.equal(lib.radius_for_phase(phase.detach() + 2 * math.pi, wl), radius)
+    # the realised phase is the target where the table reaches it with high amplitude
+    err = torch.angle(t.detach() * torch.exp(-1j * phase.detach()))
+    good = t.detach().abs() > 0.8
+    assert float(err[good].abs().median()) < 0.05
+    # d/dphase Re(conj(c) t) = Re(conj(c) i |t| e^{i phase}) for a random complex c
+    c = torch.tensor(0.3 - 0.7j, dtype=torch.complex128)
+    (torch.conj(c) * t).real.sum().backward()
+    expected = (torch.conj(c) * 1j * t.detach().abs() * torch.exp(1j * phase.detach())).real
+    assert torch.allclose(phase.grad, expected, atol=1e-12)
+    assert lib.transmission_for_phase(phase.detach().float(), wl).dtype == torch.complex64
+
+
 def test_settings_mismatch_triggers_rebuild_and_fresh_solve(tmp_path, lib):
     base = config_from_dict({}, check_paths=False)
     default = library_settings(base.metaatoms, base.optics.wavelengths_m)

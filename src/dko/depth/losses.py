@@ -58,3 +58,24 @@ def multiscale_depth_loss(disps: dict, gt_m: torch.Tensor, valid: torch.Tensor,
             disp = F.interpolate(disp, size=gt_m.shape[-2:], mode="bilinear", align_corners=False)
         total = total + scale_invariant_log_loss(disp_to_depth(disp), gt_m, valid, si_lambda)
     return total / len(keys)
+
+
+def kernel_roughness(weight: torch.Tensor) -> torch.Tensor:
+    """Relative roughness of conv kernels: mean over kernels of ``sum(dW/dx^2 + dW/dy^2) / sum(W^2)``.
+
+    Finite differences between neighbouring taps of each (out, in) kernel, normalised by the kernel's
+    energy, so the value does not depend on the weights' scale: about 4 for white-noise kernels, 0 for
+    constant ones, ~0.3 for a kernel smoothed by a Gaussian of sigma 1 tap.
+
+    Args:
+        weight: float (K, C, k, k) convolution weights.
+    Returns:
+        scalar tensor (differentiable in ``weight``).
+    """
+    if weight.ndim != 4 or weight.shape[-1] < 2 or weight.shape[-2] < 2:
+        raise ValueError(f"kernel_roughness needs (K, C, k, k) weights with k >= 2, got {tuple(weight.shape)}")
+    dx = (weight[..., :, 1:] - weight[..., :, :-1]).square().sum(dim=(-2, -1))
+    dy = (weight[..., 1:, :] - weight[..., :-1, :]).square().sum(dim=(-2, -1))
+    energy = weight.square().sum(dim=(-2, -1)).clamp_min(torch.finfo(weight.dtype).tiny)
+    return ((dx + dy) / energy).mean()
+

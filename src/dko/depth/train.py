@@ -28,7 +28,7 @@ from dko.budget import BudgetRecorder
 from dko.data.format import Split, batch_to_tensors, load_split, read_meta
 from dko.depth.checkpoint import load_monodepth2, save_depthnet
 from dko.depth.evaluate import evaluate_predictor, model_predictor
-from dko.depth.losses import multiscale_depth_loss
+from dko.depth.losses import kernel_roughness, multiscale_depth_loss
 from dko.depth.model import DepthNet
 from dko.io import atomic_path, write_csv
 from dko.metrics import METRIC_NAMES
@@ -269,6 +269,8 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
             valid = _valid_mask(depth, lo, hi)
             loss = multiscale_depth_loss(model(images), depth, valid, model.depth_from_disp, tc.si_lambda)
+            if tc.conv1_smoothness:
+                loss = loss + tc.conv1_smoothness * kernel_roughness(model.conv1.weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage 1 loss became {loss.item()} at step {step + 1} (lower train.lr?)")
             optimiser.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -364,6 +364,28 @@ def psf_from_phase(phase: torch.Tensor, wavelength_m, system: OpticalSystem, obj
                                  object_distance_m, **kwargs)
 
 
+def per_element_wavelength(fn: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor,
+                           wavelength_m: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """``fn(x[e], wavelength_m[e])`` for every element of ``x`` (E, ...) (or unbatched), one call per distinct
+    wavelength (``fn(x_subset, wavelength)`` must map (E_w, ...) to (E_w, ...)); differentiable in ``x``."""
+    squeeze = x.ndim == 2
+    r = x[None] if squeeze else x
+    wls = _as_wavelength_tuple(wavelength_m, r.shape[0])
+    unique, index = _unique_index(wls)
+    if len(unique) == 1:
+        t = fn(r, unique[0])
+    else:
+        index_t = torch.tensor(index, device=r.device)
+        parts, positions = [], []
+        for u, wl in enumerate(unique):
+            sel = torch.nonzero(index_t == u).reshape(-1)
+            parts.append(fn(r.index_select(0, sel), wl))
+            positions.append(sel)
+        order = torch.argsort(torch.cat(positions))
+        t = torch.cat(parts).index_select(0, order)
+    return t[0] if squeeze else t
+
+
 def transmission_for_elements(library: TransmissionLibrary, radius_m: torch.Tensor,
                               wavelength_m: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Complex (E, N, N) transmission of radius maps (E, N, N) metres, element e at wavelength_m[e].
@@ -371,22 +393,7 @@ def transmission_for_elements(library: TransmissionLibrary, radius_m: torch.Tens
     Calls ``library.transmission(radius, wavelength)`` once per distinct wavelength (differentiable
     in ``radius_m``).
     """
-    squeeze = radius_m.ndim == 2
-    r = radius_m[None] if squeeze else radius_m
-    wls = _as_wavelength_tuple(wavelength_m, r.shape[0])
-    unique, index = _unique_index(wls)
-    if len(unique) == 1:
-        t = library.transmission(r, unique[0])
-    else:
-        index_t = torch.tensor(index, device=r.device)
-        parts, positions = [], []
-        for u, wl in enumerate(unique):
-            sel = torch.nonzero(index_t == u).reshape(-1)
-            parts.append(library.transmission(r.index_select(0, sel), wl))
-            positions.append(sel)
-        order = torch.argsort(torch.cat(positions))
-        t = torch.cat(parts).index_select(0, order)
-    return t[0] if squeeze else t
+    return per_element_wavelength(library.transmission, radius_m, wavelength_m)
 
 
 def psf_from_radii(radius_m: torch.Tensor, wavelength_m, system: OpticalSystem, library: TransmissionLibrary,
