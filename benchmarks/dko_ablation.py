@@ -18,7 +18,8 @@ k x k window. Variants (everything not named comes from the config):
 - ``na018_phase`` - the same optics with the phase parametrisation, lr 0.5, weight 0.03;
 - ``na036_radius`` - 0.6 um superpixels, z_s 0.15 mm (NA 0.36), radius parametrisation, lr 0.05, weight 0.03;
 - ``config`` - the config as it is (default: NA 0.36, phase, lr 0.5, weight 0.03);
-- ``config_w{0, 0.1, 0.3}`` - the config with other efficiency weights.
+- ``config_w{0, 0.1, 0.3}`` - the config with other efficiency weights;
+- ``config_lr{0.05, 0.2, 1}`` - the config with other learning rates (not run unless named in ``--variants``).
 
 A model file trained without the smoothness prior comes from e.g.
 ``snakemake results/rough/stage1/model.pt --cores 2 --configfile config/config.yaml
@@ -45,7 +46,11 @@ VARIANTS = {
     "config_w0": {"dko": {"efficiency_weight": 0.0}},
     "config_w0.1": {"dko": {"efficiency_weight": 0.1}},
     "config_w0.3": {"dko": {"efficiency_weight": 0.3}},
+    "config_lr0.05": {"dko": {"lr": 0.05}},
+    "config_lr0.2": {"dko": {"lr": 0.2}},
+    "config_lr1": {"dko": {"lr": 1.0}},
 }
+DEFAULT_VARIANTS = ["na018_radius", "na018_phase", "na036_radius", "config", "config_w0", "config_w0.1", "config_w0.3"]
 
 
 def numerical_aperture(optics) -> float:
@@ -98,7 +103,7 @@ def main(argv=None) -> dict:
                         help="stage-1 model files (default: <results_dir>/<experiment>/stage1/model.pt)")
     parser.add_argument("--elements", type=int, nargs="+", default=[0, 13, 26, 39, 52, 65, 78, 91])
     parser.add_argument("--steps", type=int, default=None, help="DKO steps (default: the config's dko.steps)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="results/benchmarks/dko_ablation.json")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")

@@ -68,3 +68,37 @@ def test_e2e_lr_search_picks_the_best_validation_abs_rel(tmp_path, repo_root):
     best = min(result["trials"], key=lambda t: t["val_abs_rel"])
     assert result["best"] == {"optics": best["lr_optics"]}
     assert all(t["status"] == "ok" and t["val_abs_rel"] > 0 for t in result["trials"])
+
+
+def test_dko_ablation_scores_the_fabricated_pillars_per_model_and_variant(tmp_path, repo_root):
+    import torch
+
+    from dko.config import load_config
+    from dko.depth.checkpoint import save_depthnet
+    from dko.depth.losses import kernel_roughness
+    from dko.depth.model import DepthNet
+
+    cfg_path = _write_config(tmp_path, results_dir=str(tmp_path / "results"))
+    cfg = load_config(cfg_path)
+    torch.manual_seed(0)
+    model = DepthNet.from_config(cfg)
+    save_depthnet(model, tmp_path / "a.pt", config=cfg.to_dict())
+    out = tmp_path / "ablation.json"
+    proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "dko_ablation.py"), "--config", str(cfg_path),
+                           "--models", str(tmp_path / "a.pt"), "--elements", "0", "5", "--steps", "3",
+                           "--variants", "config", "na018_radius", "--threads", "1", "--out", str(out), "--no-mlflow"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"config", "na018_radius"} and result["steps"] == 3
+    assert rows["config"]["parametrization"] == "phase" and rows["na018_radius"]["parametrization"] == "radius"
+    assert rows["na018_radius"]["superpixel_m"] == 1.2e-6 and rows["na018_radius"]["efficiency_weight"] == 0.3
+    half = 16 * 1.2e-6 / 2
+    assert abs(rows["config"]["numerical_aperture"] - half / (half ** 2 + 1.0e-4 ** 2) ** 0.5) < 1e-12
+    for r in rows.values():
+        assert r["elements"] == [0, 5] and r["steps"] == 3 and len(r["rel_l2"]) == 2
+        assert 0 < r["median_rel_l2"] <= r["max_rel_l2"] and 0 < r["min_energy_k"] <= r["median_energy_k"] <= 1
+        assert r["conv1_smoothness"] == cfg.train.conv1_smoothness
+        assert abs(r["conv1_roughness"] - float(kernel_roughness(model.conv1.weight.detach()))) < 1e-6
+    assert "median rel L2" in proc.stdout
