@@ -121,7 +121,7 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
     """Adam on design variables ``p`` (any shape, float) so that ``psf_fn(p)`` matches ``targets``.
 
     Args:
-        p0: initial design variables (E, N, N) float (unbounded, e.g. pre-sigmoid pillar radii).
+        p0: initial design variables (E, N, N) float (e.g. superpixel phases, or logits of pillar radii: :mod:`dko.frontend`).
         targets: (E, k, k) target PSFs.
         psf_fn: ``p -> (psfs (D, E, P, P), efficiency (D, E) or None)``, differentiable in ``p``.
         steps, lr: Adam schedule.
