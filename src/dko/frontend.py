@@ -75,7 +75,7 @@ def design_radius(p: torch.Tensor, bank: KernelBank, library, parametrization: s
     _check_parametrization(parametrization)
     if parametrization == "radius":
         return library.radius_from_design(p.double())
-    return per_element_wavelength(lambda x, wl: library.radius_for_phase(x, wl), p.detach(), bank.wavelength_m)
+    return per_element_wavelength(library.radius_for_phase, p.detach(), bank.wavelength_m)
 
 
 def design_transmission(p: torch.Tensor, bank: KernelBank, library, parametrization: str = "phase") -> torch.Tensor:
@@ -83,7 +83,7 @@ def design_transmission(p: torch.Tensor, bank: KernelBank, library, parametrizat
     _check_parametrization(parametrization)
     if parametrization == "radius":
         return transmission_for_elements(library, library.radius_from_design(p), bank.wavelength_m)
-    return per_element_wavelength(lambda x, wl: library.transmission_for_phase(x, wl), p, bank.wavelength_m)
+    return per_element_wavelength(library.transmission_for_phase, p, bank.wavelength_m)
 
 
 # ----------------------------------------------------------------------------- designs -> PSFs
@@ -101,7 +101,7 @@ def initial_designs(bank: KernelBank, system: OpticalSystem, library, *, noise_s
         bank: the elements (only ``wavelength_m`` (E,) is used).
         system: optics geometry (N = ``system.n_superpixels``).
         library: :class:`dko.optics.metaatoms.MetaAtomLibrary`.
-        noise_std: standard deviation of the noise on the (unbounded, logit-radius) design variable.
+        noise_std: standard deviation of the noise on the design variable (radians or logit radius).
         seed: seed of the noise.
         focus_distance_m: object distance the lens is focused at (None = infinity).
         parametrization: ``phase`` or ``radius`` (see the module docstring).

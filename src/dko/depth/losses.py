@@ -78,4 +78,3 @@ def kernel_roughness(weight: torch.Tensor) -> torch.Tensor:
     dy = (weight[..., 1:, :] - weight[..., :-1, :]).square().sum(dim=(-2, -1))
     energy = weight.square().sum(dim=(-2, -1)).clamp_min(torch.finfo(weight.dtype).tiny)
     return ((dx + dy) / energy).mean()
-

@@ -222,6 +222,12 @@ def settings_match(a: Mapping, b: Mapping) -> bool:
     return True
 
 
+
+def _phase_bin(phase: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Index (long) of the nearest of ``n_bins`` phase bins 2 pi j / n_bins (periodic)."""
+    return torch.round(phase.detach().to(torch.float64) * (n_bins / (2 * math.pi))).to(torch.long) % n_bins
+
+
 class MetaAtomLibrary:
     """Table of zeroth-order complex transmission ``t(r, lambda)`` with a differentiable lookup.
 
@@ -449,8 +455,7 @@ class MetaAtomLibrary:
             design = self.design_from_radius(torch.as_tensor(radii[best])).to(torch.float64)
             self._cache[key] = design
         lut = self._cache[key].to(phase.device)
-        idx = torch.round(phase.detach().to(torch.float64) / (2 * math.pi) * n_bins).to(torch.long) % n_bins
-        return lut[idx]
+        return lut[_phase_bin(phase, n_bins)]
 
     # ------------------------------------------------------------------ phase design variable
     def _phase_bins(self, wavelength_m: float, n_bins: int, dtype: torch.dtype,
@@ -752,9 +757,3 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - thin CLI
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-
-def _phase_bin(phase: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Index (long) of the nearest of ``n_bins`` phase bins 2 pi j / n_bins (periodic)."""
-    return torch.round(phase.detach().to(torch.float64) * (n_bins / (2 * math.pi))).to(torch.long) % n_bins
-
