@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dko.runtime  # noqa: F401 - CPU convolutions without oneDNN (see dko.runtime)
 from dko.optics.sensor import SensorModel, apply_sensor_noise
 
 __all__ = ["KernelBank", "build_kernel_bank", "ideal_psfs", "OptoConv1", "nearest_distance_index"]

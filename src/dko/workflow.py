@@ -2,7 +2,8 @@
 
 A rule's script builds nothing itself; it calls :func:`run_job` with the injected ``snakemake``
 object and a ``main(job)`` function. :func:`run_job` validates the config into a typed
-:class:`~dko.config.Config`, sends logging to the rule's log file, sets torch threads and seeds,
+:class:`~dko.config.Config`, sends logging to the rule's log file, sets torch threads and the CPU convolution backend
+(:func:`dko.runtime.configure_torch`) and seeds,
 resolves the device, opens the job's MLflow child run, runs ``main`` and closes the run.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dko.config import Config, config_from_dict, resolve_device
+from dko.runtime import configure_torch
 from dko.sweep import point_config
 from dko.tracking import JobTracker
 
@@ -48,8 +50,9 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "matplotlib", "PIL", "urllib3"):
+    for noisy in ("alembic", "mlflow", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its "Retrying" lines: dko.tracking reports an outage once
 
 
 def seed_everything(seed: int) -> None:
@@ -64,15 +67,13 @@ def seed_everything(seed: int) -> None:
 
 def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
     """Run ``main(job)`` for a Snakemake script job; see the module docstring."""
-    import torch
-
     log_path = Path(smk.log[0]) if len(smk.log) else None
     configure_logging(log_path)
     wildcards = {k: str(v) for k, v in smk.wildcards.items()}
     raw = point_config(smk.config, wildcards["point"]) if "point" in wildcards else smk.config
     cfg = config_from_dict(raw)
     threads = max(1, min(int(getattr(smk, "threads", 1) or 1), cfg.threads))
-    torch.set_num_threads(threads)
+    configure_torch(threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     tracker = JobTracker(cfg, rule=smk.rule, wildcards=wildcards)

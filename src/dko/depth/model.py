@@ -16,6 +16,7 @@ from torch import nn
 
 from dko.depth.decoder import MONODEPTH2_DECODER_CHANNELS, DepthDecoder
 from dko.depth.resnet import ResnetEncoder
+from dko.runtime import apply_cpu_convolution_backend
 
 
 def disp_to_depth(disp: torch.Tensor, min_depth_m: float, max_depth_m: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +84,7 @@ class DepthNet(nn.Module):
 
     def forward_from_conv1(self, y: torch.Tensor) -> dict[tuple, torch.Tensor]:
         """conv1-shaped features -> multi-scale disparities."""
+        apply_cpu_convolution_backend()  # before any backward through this graph: see dko.runtime
         return self.decoder(self.encoder.forward_from_conv1(y))
 
     def forward(self, images: torch.Tensor) -> dict[tuple, torch.Tensor]:
