@@ -1,7 +1,7 @@
 """A real single-node SLURM cluster on this machine runs part of the smoke pipeline through the slurm profile.
 
 Installs SLURM + munge from Debian if needed (root only), starts the daemons, runs Snakemake with a copy of
-``workflow/profiles/slurm`` fitted to this node (GPU requests dropped, threads and memory capped) up to the
+``profiles/slurm`` fitted to this node (GPU requests dropped, threads and memory capped) up to the
 assembled DKO front end (including the parallel ``optimize_metasurface`` shard jobs), checks the results and
 that the jobs went through sbatch, then stops every daemon by PID, all under hard time limits.
 """
@@ -59,9 +59,9 @@ def slurm_cluster(repo_root):
 
 
 def _local_profile(repo_root: Path, tmp_path: Path, cpus: int = 1, mem_mb: int = 1500) -> Path:
-    """workflow/profiles/slurm as is, except what this 2-CPU node without GPUs cannot grant: no GPU requests,
+    """profiles/slurm as is, except what this 2-CPU node without GPUs cannot grant: no GPU requests,
     threads capped at ``cpus`` and memory at ``mem_mb`` per job (so shard jobs run side by side)."""
-    profile = yaml.safe_load((repo_root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    profile = yaml.safe_load((repo_root / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
     assert profile["set-resources"]["optimize_metasurface"]["gpu"] == 1  # the real profile asks for GPUs
     profile["set-threads"] = {rule: min(n, cpus) for rule, n in profile["set-threads"].items()}
@@ -87,7 +87,7 @@ def test_smoke_pipeline_through_slurm(slurm_cluster, tmp_path, repo_root, venv_b
     has_dko = (repo_root / "workflow" / "rules" / "dko.smk").is_file()
     targets = [str(exp / "dko" / "frontend.npz")] if has_dko else []
     env = dict(slurm_cluster, PATH=f"{venv_bin}:{os.environ['PATH']}")
-    proc = subprocess.run(["timeout", "-s", "KILL", "900", str(venv_bin / "snakemake"), *targets, "--profile",
+    proc = subprocess.run(["timeout", "-s", "KILL", "900", str(venv_bin / "snakemake"), *targets, "--workflow-profile",
                            str(_local_profile(repo_root, tmp_path)), "--configfile", str(cfg_path), "--directory",
                            str(repo_root), "--slurm-logdir", str(tmp_path / "slurm_logs")],
                           cwd=repo_root, env=env, capture_output=True, text=True)

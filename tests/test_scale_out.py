@@ -89,7 +89,7 @@ def test_seeds_config_is_the_default_swept_over_seeds(tmp_path, repo_root, venv_
 
 
 def test_slurm_profile_sizes_every_rule(tmp_path, repo_root, venv_bin):
-    profile = yaml.safe_load((repo_root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    profile = yaml.safe_load((repo_root / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
     assert "cpus_per_task" not in profile["default-resources"]  # it would override the threads below
     raw = yaml.safe_load((repo_root / "config" / "smoke.yaml").read_text())
@@ -106,7 +106,7 @@ def test_slurm_profile_sizes_every_rule(tmp_path, repo_root, venv_bin):
     for rule in ("train_electronic", "optimize_metasurface", "train_e2e"):
         assert profile["set-resources"][rule].get("gpu") == 1, rule
     # the paper DAG with this profile's resources (dry run: nothing is submitted)
-    text = _dry_run(venv_bin, repo_root, _paper(tmp_path, repo_root), "--profile", "workflow/profiles/slurm")
+    text = _dry_run(venv_bin, repo_root, _paper(tmp_path, repo_root), "--workflow-profile", "profiles/slurm")
     assert re.search(r"rule train_e2e:.*?resources: [^\n]*gpu=1", text, re.S)
 
 

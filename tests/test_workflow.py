@@ -1,6 +1,7 @@
 """The whole pipeline end to end on config/smoke.yaml (in a temporary results folder)."""
 
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def test_dag_builds(repo_root, venv_bin, name):
 def smoke_run(tmp_path_factory, repo_root, venv_bin):
     tmp_path = tmp_path_factory.mktemp("smoke")
     cfg_path = _smoke_config(tmp_path, repo_root)
-    proc = _snakemake(venv_bin, repo_root, "--cores", "2", "--configfile", str(cfg_path))
+    # 4 cores on this 2-core machine: more than one budget-timed job could run at a time without the profile
+    proc = _snakemake(venv_bin, repo_root, "--cores", "4", "--configfile", str(cfg_path))
     return tmp_path, cfg_path, proc
 
 
@@ -47,6 +49,27 @@ def test_smoke_pipeline_runs(smoke_run):
     for split in ("train", "val", "test"):
         assert (exp / "data" / split / "images.npy").is_file()
     assert (exp / "logs" / "prepare_dataset.log").stat().st_size > 0
+
+
+def _job_span(log_path: Path) -> tuple[datetime, datetime]:
+    """First and last timestamp of a job's log (dko.workflow's format: ``2026-12-01 21:59:23,123 INFO ...``)."""
+    stamps = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in log_path.read_text().splitlines()
+              if len(line) > 23 and line[:2] == "20" and line[23] == " "]
+    return stamps[0], stamps[-1]
+
+
+def test_workflow_profile_is_in_effect(smoke_run):
+    """Snakemake loads profiles/default (its line in the log), so its resource budget_timed=1 holds: the
+    budget-timed jobs (stage 1 and both E2E variants) never overlap, although --cores 4 would allow it."""
+    tmp_path, _, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Using workflow specific profile profiles/default" in proc.stderr
+    logs = tmp_path / "results" / "smoke" / "logs"
+    timed = [logs / "train_electronic.log", *sorted(logs.glob("train_e2e_*.log"))]
+    assert len(timed) == 3, timed
+    spans = sorted(_job_span(path) for path in timed)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start, f"budget-timed jobs overlapped: {spans}"
 
 
 def test_smoke_pipeline_tracked(smoke_run):
