@@ -127,3 +127,56 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     assert not checkpoint_matches(ck, "c")
     _, history = optimize_designs(p0, targets, psf_fn, steps=2, lr=0.1, checkpoint_path=ck, run_key="c")
     assert len(history) == 2
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("patience", [0, 4])
+def test_resume_keeps_a_best_design_found_before_the_checkpoint(tmp_path, patience):
+    """The best loss comes at step 0 (the start is the optimum) and is never beaten afterwards (lr far too large):
+    a run killed after its checkpoint and resumed returns the same design, history and stop step as one
+    uninterrupted run (the best design and the plateau counter travel in the checkpoint)."""
+    logits = torch.randn(1, 5, 5, generator=torch.Generator().manual_seed(1))
+
+    def psf_fn(p):
+        return torch.nn.functional.softmax(p.reshape(1, -1), dim=-1).reshape(1, 1, 5, 5), None
+
+    targets = center_window(psf_fn(logits)[0][0], 5)
+    start = logits + 0.01 * torch.randn(1, 5, 5, generator=torch.Generator().manual_seed(2))
+    kwargs = dict(steps=12, lr=3.0, window_factor=1.0, plateau_patience=patience, checkpoint_every=2)
+    best_full, hist_full = optimize_designs(start, targets, psf_fn, checkpoint_path=tmp_path / "full.pt", **kwargs)
+    assert all(h["loss"] > hist_full[0]["loss"] for h in hist_full[1:])  # the premise of the test
+
+    def kill_at_step_3(step, metrics):
+        if step == 3:
+            raise _Killed
+
+    ck = tmp_path / "killed.pt"
+    with pytest.raises(_Killed):
+        optimize_designs(start, targets, psf_fn, checkpoint_path=ck, on_metrics=kill_at_step_3, **kwargs)
+    assert torch.load(ck, weights_only=False)["step"] == 2
+    best_resumed, hist_resumed = optimize_designs(start, targets, psf_fn, checkpoint_path=ck, **kwargs)
+    assert [h["loss"] for h in hist_resumed] == [h["loss"] for h in hist_full]
+    assert len(hist_full) == (12 if patience == 0 else patience + 1)
+    assert torch.equal(best_resumed, best_full) and torch.equal(best_full, start)
+
+
+def test_checkpoint_without_best_design_starts_over(tmp_path):
+    """A checkpoint written before the best design was recorded is not resumed from (it would return a worse one)."""
+    targets = torch.stack([_gauss(3, 0.8)])
+    p0 = torch.zeros(1, 5, 5)
+
+    def psf_fn(p):
+        return torch.nn.functional.softmax(p.reshape(1, -1), dim=-1).reshape(1, 1, 5, 5), None
+
+    ck = tmp_path / "ck.pt"
+    optimize_designs(p0, targets, psf_fn, steps=5, lr=0.1, checkpoint_path=ck, run_key="a")
+    old = torch.load(ck, weights_only=False)
+    for key in ("best_p", "best", "plateau_ref", "since_best"):
+        old.pop(key)
+    torch.save(old, ck)
+    _, history = optimize_designs(p0, targets, psf_fn, steps=8, lr=0.1, checkpoint_path=ck, run_key="a")
+    assert len(history) == 8 and history[0]["loss"] == pytest.approx(optimize_designs(
+        p0, targets, psf_fn, steps=1, lr=0.1)[1][0]["loss"])

@@ -108,6 +108,9 @@ def _matching_checkpoint(path: Path, shape: tuple, run_key: str | None) -> dict 
     if state.get("run_key") != run_key or tuple(state["p"].shape) != shape:
         log.warning("stage-2 checkpoint %s belongs to other settings; starting over", path)
         return None
+    if "best_p" not in state:
+        log.warning("stage-2 checkpoint %s predates the best-design record; starting over", path)
+        return None
     return state
 
 
@@ -150,15 +153,18 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         start, history = int(state["step"]), list(state["history"])
         log.info("resumed stage-2 optimisation from %s at step %d", ckpt, start)
     best_p = p.detach().clone()
-    best = min((h["loss"] for h in history), default=math.inf)
-    ref = best
-    since_best = 0
+    best, ref, since_best = math.inf, math.inf, 0
+    if state is not None:
+        # the best design so far and the plateau counter, so that a resumed run ends like an uninterrupted one
+        best_p = state["best_p"].to(p.device, p.dtype)
+        best, ref, since_best = float(state["best"]), float(state["plateau_ref"]), int(state["since_best"])
 
     def save(step: int) -> None:
         if ckpt is None:
             return
         with atomic_path(ckpt) as tmp:
             torch.save({"p": p.detach().cpu(), "adam": opt.state_dict(), "step": step, "history": history,
+                        "best_p": best_p.cpu(), "best": best, "plateau_ref": ref, "since_best": since_best,
                         "run_key": run_key}, tmp)
 
     iterator = range(start, steps)
