@@ -1,11 +1,13 @@
 """Tracking: parent/child runs, concurrency on a fresh sqlite store, failure isolation."""
 
+import logging
 import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 
 from dko.config import config_from_dict
+from dko.io import read_json
 from dko.tracking import JobTracker, finish_pipeline, start_pipeline, state_path, tracking_uri
 
 
@@ -81,23 +83,20 @@ def test_job_without_pipeline_creates_its_parent(tmp_path):
 
 
 def test_tracking_failure_is_reported_not_raised(tmp_path, caplog):
-    """An unreachable server: every call fails softly, with an error naming the problem."""
-    cfg = _cfg(tmp_path, uri="http://127.0.0.1:9")  # discard port: nothing listens
-    import os
+    """An unreachable server and no pipeline invocation: the job probes once, warns once, raises nothing."""
+    import time
 
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
-    try:
-        result = tmp_path / "result.txt"
-        result.write_text("precious")
-        tracker = JobTracker(cfg, rule="offline")
-        tracker.log_metrics({"x": 1.0})
-        tracker.log_artifact(result)
-        tracker.close()
-    finally:
-        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    cfg = _cfg(tmp_path, uri="http://127.0.0.1:9")  # discard port: nothing listens
+    result = tmp_path / "result.txt"
+    result.write_text("precious")
+    started = time.monotonic()
+    tracker = JobTracker(cfg, rule="offline")
+    tracker.log_metrics({"x": 1.0})
+    tracker.log_artifact(result)
+    tracker.close()
+    assert time.monotonic() - started < 20  # no MLflow retries (MLflow's defaults: minutes)
     assert tracker.failed and tracker.run_id is None
-    assert any("MLflow tracking failed" in r.message for r in caplog.records)
+    assert [m for m in _tracking_warnings(caplog) if "MLflow tracking is off for this job" in m and ":9/health" in m]
     assert result.read_text() == "precious"
 
 
@@ -108,3 +107,147 @@ def test_disabled_tracking_does_nothing(tmp_path):
     tracker.close()
     assert tracker.run_id is None and not tracker.failed
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- an unreachable server (issue 13.3)
+def _free_port() -> int:
+    """A loopback port where nothing listens (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tracking_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dko.tracking" and r.levelno >= logging.WARNING]
+
+
+def _a_job(cfg, result: Path) -> JobTracker:
+    tracker = JobTracker(cfg, rule="offline", wildcards={"shard": 1})
+    tracker.log_metrics({"x": 1.0}, step=1)
+    tracker.log_params({"p": 1})
+    tracker.set_tags({"t": "v"})
+    tracker.log_dict({"a": 1}, "a.json")
+    tracker.log_artifact(result)
+    tracker.close()
+    return tracker
+
+
+def test_dead_server_costs_one_short_probe(tmp_path, caplog):
+    """Nothing listens: the invocation probes once, records the outage, every job skips with one warning."""
+    import time
+
+    caplog.set_level(logging.INFO, logger="dko.tracking")
+    cfg = _cfg(tmp_path, uri=f"http://127.0.0.1:{_free_port()}")
+    result = tmp_path / "result.txt"
+    result.write_text("precious")
+    started = time.monotonic()
+    state = start_pipeline(cfg)
+    assert "parent_run_id" not in state and "Connection refused" in state["unavailable"]["reason"]
+    assert len(_tracking_warnings(caplog)) == 1
+    for _ in range(4):
+        caplog.clear()
+        tracker = _a_job(cfg, result)
+        assert tracker.failed and tracker.run_id is None
+        assert len(_tracking_warnings(caplog)) == 1, _tracking_warnings(caplog)
+        assert "MLflow tracking is off for this job" in _tracking_warnings(caplog)[0]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finish_pipeline(cfg)
+    assert time.monotonic() - started < 20  # MLflow's own retries took ~250 s per job
+    assert result.read_text() == "precious"
+    recorded = read_json(state_path(cfg))
+    assert recorded["unavailable"] == state["unavailable"] and recorded["invocation_open"] is False
+    assert not (tmp_path / "results" / "mlflow.db").exists()
+
+
+def test_outage_belongs_to_one_invocation(tmp_path, monkeypatch):
+    """Jobs of the invocation trust its record; after it ends (or without one) a job probes once itself."""
+    import dko.tracking as tracking
+
+    probes = []
+    real_probe = tracking.probe_server
+    monkeypatch.setattr(tracking, "probe_server", lambda uri, *a, **k: probes.append(uri) or real_probe(uri, *a, **k))
+    cfg = _cfg(tmp_path, uri=f"http://127.0.0.1:{_free_port()}")
+    start_pipeline(cfg)
+    assert len(probes) == 1
+    JobTracker(cfg, rule="inside").close()
+    JobTracker(cfg, rule="inside").close()
+    assert len(probes) == 1
+    finish_pipeline(cfg)  # no parent run to close: no probe
+    assert len(probes) == 1
+    for expected in (2, 3):  # outside an invocation every job probes once (the server may be back)
+        tracker = JobTracker(cfg, rule="outside")
+        tracker.close()
+        assert tracker.failed and len(probes) == expected
+    assert read_json(state_path(cfg))["invocation_open"] is False
+    start_pipeline(cfg)  # a new invocation probes again
+    assert len(probes) == 4
+
+
+def test_broken_store_is_recorded_like_an_outage(tmp_path, caplog):
+    """A garbage sqlite file: the invocation records why, jobs skip with one warning, nothing is raised."""
+    cfg = _cfg(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mlflow.db").write_bytes(b"not a database" * 400)
+    state = start_pipeline(cfg)
+    assert "not a database" in state["unavailable"]["reason"]
+    caplog.clear()
+    tracker = JobTracker(cfg, rule="x")
+    tracker.log_metrics({"a": 1.0})
+    tracker.close()
+    assert tracker.failed and tracker.run_id is None and len(_tracking_warnings(caplog)) == 1
+
+
+def test_probe_server():
+    from dko.tracking import probe_server
+
+    assert probe_server("sqlite:////nowhere/mlflow.db") is None  # a local store is not probed
+    assert "unreachable" in probe_server(f"http://127.0.0.1:{_free_port()}")
+    import socket
+
+    with socket.socket() as hung:  # accepts connections (the kernel does) but never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(4)
+        assert "timed out" in probe_server(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout_s=0.5)
+
+
+@pytest.mark.slow
+def test_tracking_resumes_with_the_server_and_stops_when_it_goes(tmp_path, caplog):
+    """A dead server, then a real one on that port: tracked again; lost mid-job: the job stops, the next skips."""
+    import time
+
+    from dko.dashboard import start_server, stop_server, wait_until_up
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cfg = _cfg(tmp_path, uri=url)
+    assert "unavailable" in start_pipeline(cfg)
+    finish_pipeline(cfg)
+    store = config_from_dict({"experiment": "store", "results_dir": str(tmp_path / "store")})
+    proc = start_server(store, port, log_path=tmp_path / "server.log")
+    try:
+        assert wait_until_up(url, timeout_s=120, proc=proc), (tmp_path / "server.log").read_text()[-2000:]
+        state = start_pipeline(cfg)
+        assert "unavailable" not in state and state["parent_run_id"]
+        tracker = JobTracker(cfg, rule="tracked")
+        tracker.log_metrics({"x": 1.0})
+        assert tracker.run_id and not tracker.failed
+    finally:
+        stop_server(proc)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="dko.tracking")
+    started = time.monotonic()
+    tracker.log_metrics({"x": 2.0})  # the server is gone: MLflow's bounded retries, one probe, then nothing
+    tracker.log_metrics({"x": 3.0})
+    tracker.close()
+    assert tracker.failed and not tracker.active
+    assert [m for m in _tracking_warnings(caplog) if "off for the rest of this job" in m]
+    recorded = read_json(state_path(cfg))
+    assert recorded["parent_run_id"] == state["parent_run_id"] and "unreachable" in recorded["unavailable"]["reason"]
+    caplog.clear()
+    later = JobTracker(cfg, rule="after")
+    later.close()
+    finish_pipeline(cfg)
+    assert later.failed and len(_tracking_warnings(caplog)) == 2  # the job's one warning, the parent left open
+    assert time.monotonic() - started < 30

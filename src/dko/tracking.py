@@ -11,7 +11,10 @@ Robustness rules, from measurements on MLflow 3.x with sqlite (``shared/notes``)
 - children pass ``experiment_id`` and the parent id explicitly (``set_experiment`` races);
 - telemetry is disabled (its thread races under concurrency);
 - every call retries on "database is locked"; a tracking failure is logged as an error and never
-  raised into the job, whose results on disk are already written.
+  raised into the job, whose results on disk are already written;
+- an unreachable server costs seconds, not MLflow's minutes of HTTP back-off: :func:`probe_server`
+  asks once, with a short timeout, and an outage is recorded in the state file so that every job of
+  the invocation skips tracking with one warning (the next invocation probes again).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -35,6 +41,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "tracking/pipeline_run.json"
 _RETRIES = 6
+PROBE_TIMEOUT_S = 3.0
+# MLflow's defaults (7 retries, back-off factor 2, 120 s timeout) cost ~4 min per call to a dead server.
+_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 # ----------------------------------------------------------------------------- locations
@@ -46,10 +56,15 @@ def tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{db}"
 
 
+def is_server(uri: str) -> bool:
+    """True for an ``http(s)://`` tracking server (as opposed to a local store)."""
+    return uri.startswith(("http://", "https://"))
+
+
 def artifacts_location(cfg: Config) -> str | None:
     """Artifact root for a local sqlite store (``<results_dir>/mlartifacts``); None for a server."""
     uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return None
     folder = Path(cfg.tracking.artifacts_dir or Path(cfg.results_dir) / "mlartifacts").resolve()
     return folder.as_uri()
@@ -73,11 +88,50 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def _ssl_context() -> ssl.SSLContext | None:
+    """The TLS settings MLflow itself honours (``MLFLOW_TRACKING_INSECURE_TLS``, ``..._SERVER_CERT_PATH``)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cert) if cert else None
+
+
+def probe_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if the tracking server at ``uri`` answers (always None for a local store), else why not.
+
+    One GET of ``<uri>/health`` with a short timeout and no retry. Any HTTP answer below 500 counts
+    as reachable (a server behind authentication may answer 401); 5xx means a proxy without its server.
+    """
+    if not is_server(uri):
+        return None
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=_ssl_context()):
+            return None
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return None if exc.code < 500 else f"{url} answered HTTP {exc.code}"
+    except (OSError, ValueError) as exc:  # URLError (refused, DNS, TLS), socket timeout, malformed URL
+        return f"{url} unreachable: {getattr(exc, 'reason', None) or exc}"
+
+
 # ----------------------------------------------------------------------------- helpers
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    if is_server(uri):  # bound the cost of a call to a server that goes away (explicit settings win)
+        for name, value in _HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
+
+
+def _brief(exc: Exception) -> str:
+    """``Type: first line of the message`` (MLflow and SQLAlchemy messages run to many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _retry(fn: Callable, *args, **kwargs):
@@ -125,13 +179,48 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 # ----------------------------------------------------------------------------- pipeline
-def start_pipeline(cfg: Config, *, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> dict:
+def start_pipeline(cfg: Config, *, run_name: str | None = None, tags: Mapping[str, str] | None = None,
+                   invocation: bool = True) -> dict:
     """Create (once) the store and experiment, and a new parent run for this invocation.
 
     Writes ``<experiment_dir>/tracking/pipeline_run.json`` so that every job process finds the
-    parent. Returns that state: ``tracking_uri``, ``experiment_id``, ``parent_run_id``, ``config_hash``.
+    parent. Returns that state: ``tracking_uri``, ``experiment_id``, ``parent_run_id``, ``config_hash``
+    and ``invocation_open``. When the store is out of reach (a server is probed once, briefly: see
+    :func:`probe_server`) or the parent run cannot be created, nothing is raised: one warning is
+    logged and the state records ``unavailable`` (reason, time) instead of the ids, so that jobs
+    skip tracking at once instead of each waiting for MLflow's retries.
+
+    Args:
+        invocation: True for a pipeline invocation (the Snakefile's ``onstart``): its recorded outage
+            holds until :func:`finish_pipeline`. False for a job outside an invocation: the next
+            such job probes again.
     """
     uri = tracking_uri(cfg)
+    reason = probe_server(uri)
+    state = None
+    if reason is None:
+        try:
+            state = _create_parent(cfg, uri, run_name, tags)
+        except Exception as exc:  # tracking must never break the pipeline
+            reason = _brief(exc)
+    if state is None:
+        state = {"tracking_uri": uri, "config_hash": config_hash(cfg), "unavailable": _outage(reason)}
+    state["invocation_open"] = invocation
+    write_json(state_path(cfg), state)
+    if reason is None:
+        log.info("MLflow: experiment %s (%s), parent run %s, store %s", cfg.experiment, state["experiment_id"],
+                 state["parent_run_id"], uri)
+    elif invocation:
+        log.warning("MLflow tracking is off for this pipeline invocation: %s. Jobs skip tracking; results on disk "
+                    "are unaffected; the next invocation tries again (recorded in %s)", reason, state_path(cfg))
+    else:
+        log.warning("MLflow tracking is off for this job: %s. Results on disk are unaffected; the next job "
+                    "tries again (recorded in %s)", reason, state_path(cfg))
+    return state
+
+
+def _create_parent(cfg: Config, uri: str, run_name: str | None, tags: Mapping[str, str] | None) -> dict:
+    """Store, experiment and parent run (under the store's lock); the state without ``invocation_open``."""
     lock = Path(cfg.results_dir).resolve() / ".mlflow.lock"
     with _file_lock(lock):
         client = _client(uri)
@@ -142,44 +231,85 @@ def start_pipeline(cfg: Config, *, run_name: str | None = None, tags: Mapping[st
                      tags=all_tags)
         for chunk in _chunks(_params(cfg), 100):
             _retry(client.log_batch, run.info.run_id, params=chunk)
-    state = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id,
-             "config_hash": config_hash(cfg)}
-    write_json(state_path(cfg), state)
-    log.info("MLflow: experiment %s (%s), parent run %s, store %s", cfg.experiment, experiment_id, run.info.run_id, uri)
-    return state
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run.info.run_id,
+            "config_hash": config_hash(cfg)}
+
+
+def _outage(reason: str) -> dict:
+    return {"reason": reason, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def record_outage(cfg: Config, reason: str) -> None:
+    """Mark the current state ``unavailable`` (a server lost mid-run), so that later jobs skip tracking."""
+    path = state_path(cfg)
+    try:
+        with _file_lock(path.with_suffix(".lock")):
+            state = read_json(path) if path.is_file() else {}
+            if state.get("tracking_uri") == tracking_uri(cfg) and "unavailable" not in state:
+                write_json(path, {**state, "unavailable": _outage(reason)})
+    except (OSError, ValueError) as exc:
+        log.error("MLflow: could not record the outage in %s (%s)", path, exc)
 
 
 def finish_pipeline(cfg: Config, status: str = "FINISHED") -> None:
-    """Mark the current parent run FINISHED or FAILED (errors are logged, not raised)."""
-    try:
-        state = read_json(state_path(cfg))
-        _retry(_client(state["tracking_uri"]).set_terminated, state["parent_run_id"], status=status)
-    except Exception as exc:  # tracking must never break the pipeline
-        log.error("MLflow: could not close the pipeline run (%s); results on disk are unaffected", exc)
+    """Mark the current parent run FINISHED or FAILED and close the invocation (errors are logged, not raised).
 
-
-def _pipeline_state(cfg: Config) -> dict:
-    """The current invocation's state, creating it under a lock when a job runs outside a pipeline."""
+    A recorded outage ends with the invocation: the next job outside an invocation probes again.
+    """
     path = state_path(cfg)
-    if path.is_file():
+    try:
         state = read_json(path)
-        if state.get("tracking_uri") == tracking_uri(cfg):
-            return state
+    except ValueError as exc:
+        log.error("MLflow: could not close the pipeline run (%s); results on disk are unaffected", exc)
+        return
+    try:
+        reason = probe_server(state["tracking_uri"]) if "parent_run_id" in state else None
+        if reason is not None:
+            log.warning("MLflow: pipeline run %s left open: %s", state["parent_run_id"], reason)
+        elif "parent_run_id" in state:
+            _retry(_client(state["tracking_uri"]).set_terminated, state["parent_run_id"], status=status)
+    except Exception as exc:  # tracking must never break the pipeline
+        log.error("MLflow: could not close the pipeline run (%s); results on disk are unaffected", _brief(exc))
+    try:
+        write_json(path, {**state, "invocation_open": False})
+    except OSError as exc:
+        log.error("MLflow: could not update %s (%s)", path, exc)
+
+
+def _current_state(path: Path, uri: str) -> dict | None:
+    """The recorded state if it applies: same URI, and an outage only while its invocation runs."""
+    if not path.is_file():
+        return None
+    state = read_json(path)
+    if state.get("tracking_uri") != uri or ("unavailable" in state and not state.get("invocation_open")):
+        return None
+    return state
+
+
+def _pipeline_state(cfg: Config) -> tuple[dict, bool]:
+    """The current invocation's state, and whether this call created it (a job outside a pipeline, under a lock)."""
+    path, uri = state_path(cfg), tracking_uri(cfg)
+    state = _current_state(path, uri)
+    if state is not None:
+        return state, False
     with _file_lock(path.with_suffix(".lock")):
-        if path.is_file():
-            state = read_json(path)
-            if state.get("tracking_uri") == tracking_uri(cfg):
-                return state
-        return start_pipeline(cfg, run_name="jobs outside a pipeline invocation")
+        state = _current_state(path, uri)
+        if state is not None:
+            return state, False
+        return start_pipeline(cfg, run_name="jobs outside a pipeline invocation", invocation=False), True
 
 
 # ----------------------------------------------------------------------------- jobs
 class JobTracker:
     """Child run of one job. Every method is safe: failures are logged once, never raised.
 
+    A tracking store out of reach (recorded by the invocation, or found by one short probe) costs one
+    warning: the job then skips tracking. A server lost mid-job ends tracking for the rest of the job
+    and is recorded for the jobs after it.
+
     Attributes:
-        run_id: the MLflow run id, or None if tracking is disabled or failed to start.
-        failed: True once any tracking call failed (the job's files are unaffected).
+        run_id: the MLflow run id, or None if tracking is disabled, off or failed to start.
+        failed: True once any tracking call failed or tracking is off (the job's files are unaffected).
     """
 
     def __init__(self, cfg: Config | None, rule: str = "", wildcards: Mapping[str, Any] | None = None,
@@ -188,6 +318,8 @@ class JobTracker:
         self.failed = False
         self.errors: list[str] = []
         self._client = None
+        self._cfg = cfg
+        self._uri: str | None = None
         if cfg is None or not cfg.tracking.enabled:
             return
         self._safe("start run", self._start, cfg, rule, dict(wildcards or {}), dict(extra_tags or {}))
@@ -199,8 +331,12 @@ class JobTracker:
     def _start(self, cfg: Config, rule: str, wildcards: dict, extra_tags: dict) -> None:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-        state = _pipeline_state(cfg)
-        self._client = _client(state["tracking_uri"])
+        state, created = _pipeline_state(cfg)
+        if "unavailable" in state:
+            self._skip(state, created)
+            return
+        self._uri = state["tracking_uri"]
+        self._client = _client(self._uri)
         wc = ",".join(f"{k}={v}" for k, v in sorted(wildcards.items()))
         tags = {
             MLFLOW_PARENT_RUN_ID: state["parent_run_id"],
@@ -218,6 +354,16 @@ class JobTracker:
         for chunk in _chunks(_params(cfg), 100):
             _retry(self._client.log_batch, self.run_id, params=chunk)
 
+    def _skip(self, state: dict, logged: bool) -> None:
+        """Tracking is off for this job: one warning (unless :func:`start_pipeline` just gave it)."""
+        self.failed = True
+        outage = state["unavailable"]
+        message = f"MLflow tracking is off for this job: {outage['reason']} (since {outage['since']})"
+        self.errors.append(message)
+        if not logged:
+            log.warning("%s. Results on disk are unaffected; the next pipeline invocation tries again (recorded in "
+                        "%s)", message, state_path(self._cfg))
+
     def _safe(self, what: str, fn: Callable, *args, **kwargs) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -225,7 +371,14 @@ class JobTracker:
             self.failed = True
             message = f"MLflow tracking failed to {what}: {type(exc).__name__}: {exc}"
             self.errors.append(message)
-            log.error("%s (results on disk are unaffected)", message)
+            reason = probe_server(self._uri) if self._uri else None
+            if reason is None:
+                log.error("%s (results on disk are unaffected)", message)
+                return None
+            self._client = None  # the server is gone: no further call in this job
+            log.warning("MLflow tracking is off for the rest of this job: %s (while trying to %s). Results on disk "
+                        "are unaffected", reason, what)
+            record_outage(self._cfg, reason)
             return None
 
     @property
@@ -319,10 +472,14 @@ def log_benchmark(name: str, metrics: Mapping[str, Any], params: Mapping[str, An
 
     results = Path(results_dir).resolve()
     uri = uri or f"sqlite:///{(results / 'mlflow.db').as_posix()}"
+    reason = probe_server(uri)
+    if reason is not None:
+        log.warning("MLflow: benchmark %s not logged: %s (results on disk are unaffected)", name, reason)
+        return None
     try:
         client = _client(uri)
         with _file_lock(results / ".mlflow.lock"):
-            location = None if uri.startswith(("http://", "https://")) else (results / "mlartifacts").as_uri()
+            location = None if is_server(uri) else (results / "mlartifacts").as_uri()
             experiment_id = _retry(_ensure_experiment, client, BENCHMARK_EXPERIMENT, location)
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
