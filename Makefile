@@ -10,6 +10,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 PORT ?= 5000
 HOST ?= 127.0.0.1
 REPORT ?= results/report.html
+TARGETS ?=
 
 .PHONY: install run test dry-run report dashboard clean-results
 
@@ -21,8 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Running `make run` again after a kill or a crash resumes: the first line removes the lock a killed
+# Snakemake left (never one a live Snakemake holds), --rerun-incomplete redoes half-written outputs.
+# TARGETS: optional files or rules to build instead of the default target `all`.
 run: $(STAMP)
-	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete --printshellcmds
+	$(PY) scripts/unlock_stale.py --configfile $(CONFIG)
+	$(SNAKEMAKE) --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete --printshellcmds $(TARGETS)
 
 dry-run: $(STAMP)
 	$(SNAKEMAKE) -n --cores $(CORES) --configfile $(CONFIG)

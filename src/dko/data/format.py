@@ -121,6 +121,21 @@ def read_meta(root: str | Path) -> dict:
     return meta
 
 
+def rebuild_hint(root: str | Path) -> str:
+    """How to rebuild a damaged dataset folder: a plain rerun does not, since its ``meta.json`` is present."""
+    return (f"rebuild the dataset: delete the folder '{root}' and run the pipeline again "
+            "(`make run CONFIG=<your config>`), or run "
+            "`snakemake --forcerun prepare_dataset --configfile <your config>` (either way the jobs that use it rerun)")
+
+
+def _load_array(path: Path, root: str | Path, mmap: bool) -> np.ndarray:
+    """``np.load`` of one array of a split, with an error naming the file and how to rebuild it."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"dataset file '{path}' is corrupt or truncated ({exc}); {rebuild_hint(root)}") from exc
+
+
 def load_split(root: str | Path, split: str, mmap: bool = True) -> Split:
     """Open one split of a prepared dataset folder (memory-mapped by default)."""
     if split not in SPLITS:
@@ -128,16 +143,13 @@ def load_split(root: str | Path, split: str, mmap: bool = True) -> Split:
     folder = Path(root) / split
     for name in ("images.npy", "depth.npy", "names.txt"):
         if not (folder / name).is_file():
-            raise ValueError(f"dataset file '{folder / name}' is missing (run prepare_dataset)")
-    mode = "r" if mmap else None
-    try:
-        images = np.load(folder / "images.npy", mmap_mode=mode)
-        depth = np.load(folder / "depth.npy", mmap_mode=mode)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"dataset split '{folder}' is corrupt: {exc}") from exc
+            raise ValueError(f"dataset file '{folder / name}' is missing; {rebuild_hint(root)}")
+    images = _load_array(folder / "images.npy", root, mmap)
+    depth = _load_array(folder / "depth.npy", root, mmap)
     names = (folder / "names.txt").read_text().splitlines()
     if not (len(images) == len(depth) == len(names)):
-        raise ValueError(f"dataset split '{folder}': {len(images)} images, {len(depth)} depth maps, {len(names)} names")
+        raise ValueError(f"dataset split '{folder}': {len(images)} images, {len(depth)} depth maps, "
+                         f"{len(names)} names; {rebuild_hint(root)}")
     return Split(images=images, depth=depth, names=names)
 
 
