@@ -13,12 +13,17 @@ if not workflow.overwrite_configfiles:
 
 import re
 
-from dko.config import config_from_dict, resolve_config
+from dko.config import config_from_dict, deep_merge, load_yaml_file, parse_config_overrides, resolve_config
 from dko.sweep import sweep_points
 
 # Validate (JSON Schema + semantic checks) before the DAG is built; config then holds every key.
+# Snakemake's loaders let a duplicated key's last value win and read --config's nested values as
+# strings: re-read each config file strictly, and re-apply the raw --config text with schema types.
 try:
-    _resolved = resolve_config(config)
+    for _path in workflow.configfiles:
+        load_yaml_file(_path)
+    _cli = parse_config_overrides(workflow.config_settings.config_args)
+    _resolved = resolve_config(deep_merge(config, _cli))
 except (ValueError, TypeError) as _err:
     raise WorkflowError(f"invalid configuration: {_err}")
 config.clear()

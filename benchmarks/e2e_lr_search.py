@@ -37,6 +37,7 @@ def main(argv=None) -> dict:
     import torch
 
     from dko.config import load_config
+    from dko.depth.collapse import TrainingCollapse
     from dko.e2e import E2EDivergence, train_e2e
     from dko.io import write_json
     from dko.workflow import configure_logging
@@ -67,6 +68,8 @@ def main(argv=None) -> dict:
                     wall = res["budget"]["wall_s"]
                 except E2EDivergence as exc:
                     final, initial, status, wall = math.inf, math.nan, f"diverged: {exc}", math.nan
+                except TrainingCollapse as exc:  # a learning rate that collapses the network is a failed trial
+                    final, initial, status, wall = math.inf, math.nan, f"collapsed: {exc}", math.nan
             trials.append({"variant": variant, "lr_optics": lr, "lr_optics_scratch": lr, "val_abs_rel": final, "val_abs_rel_initial": initial,
                            "status": status, "wall_s": wall})
             print(f"{variant:8s} lr_optics {lr:8.4g}: val AbsRel {initial:.4f} -> {final:.4f} ({status}, {wall:.0f} s)",

@@ -91,7 +91,51 @@ INVALID = [
     ({"train": {"steps": 10, "warmup_steps": 50}}, "train.warmup_steps"),
     ({"tracking": {"enabled": "yes"}}, "tracking.enabled"),
     ({"data": []}, "data"),                                       # wrong container type
+    # non-finite numbers (JSON Schema's minimum / maximum let NaN through)
+    ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),   # no maximum in the schema
+    ({"dko": {"element_pitch_m": float("nan")}}, "dko.element_pitch_m"),  # number or null
+    ({"optics": {"object_distances_m": [10.0, float("-inf")]}}, "optics.object_distances_m[1]"),
+    ({"sweep": {"grid": {"train.lr": [0.1, float("nan")]}}}, "sweep.grid.train.lr[1]"),
+    # one wavelength per RGB input channel
+    ({"optics": {"wavelengths_m": [6.4e-7, 5.5e-7]}}, "optics.wavelengths_m"),
+    ({"optics": {"wavelengths_m": [6.4e-7, 5.5e-7, 4.6e-7, 5.0e-7]}}, "optics.wavelengths_m"),
+    ({"optics": {"wavelengths_m": [5.5e-7, 5.5e-7, 5.5e-7]}}, "optics.wavelengths_m"),  # table needs distinct ones
+    # the experiment folder stays inside results_dir
+    ({"experiment": ".."}, "experiment"),
+    ({"experiment": "."}, "experiment"),
+    ({"experiment": "a/b"}, "experiment"),
 ]
+
+BAD_TRACKING_URIS = ["htp://host:5000", "http//host:5000", "localhost:5000", "http://:5000", "http://host:port",
+                     "http://host:99999", "sqlite://", "sqlite:///", "sqlite:/mlflow.db", "sqlite:///:memory:",
+                     "mlflow.db", "/abs/mlruns", "file:///tmp/mlruns", "http://host:5000 ", "postgresql://u@h/db"]
+
+
+@pytest.mark.parametrize("uri", BAD_TRACKING_URIS)
+def test_malformed_tracking_uri_rejected(uri):
+    with pytest.raises(ValueError, match="tracking.uri") as err:
+        resolve_config({"tracking": {"uri": uri}})
+    assert repr(uri).strip("'") in str(err.value)
+
+
+@pytest.mark.parametrize("uri", [None, "", "sqlite:////tmp/dko/mlflow.db", "sqlite:///mlflow.db",
+                                 "http://127.0.0.1:5000", "http://head-node:5000/", "https://mlflow.example.org/dko"])
+def test_usable_tracking_uri_accepted(uri):
+    assert resolve_config({"tracking": {"uri": uri}})["tracking"]["uri"] == uri
+
+
+def test_nan_from_yaml_file_rejected_naming_key(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text("train:\n  lr: .nan\n")
+    with pytest.raises(ValueError, match=r"config key 'train\.lr': nan is not a finite number"):
+        load_config(path)
+
+
+def test_integral_float_for_integer_key_becomes_int():
+    cfg = config_from_dict({"seed": 3.0, "train": {"steps": 120.0}})
+    assert cfg.seed == 3 and type(cfg.seed) is int
+    assert type(resolve_config({"train": {"steps": 120.0}})["train"]["steps"]) is int
 
 
 @pytest.mark.parametrize("raw, key", INVALID, ids=[k for _, k in INVALID])
@@ -104,6 +148,72 @@ def test_invalid_config_rejected_naming_key(raw, key):
 def test_non_mapping_config_is_a_type_error():
     with pytest.raises(TypeError):
         resolve_config(["not", "a", "mapping"])
+
+
+def test_duplicate_yaml_key_rejected_naming_key_file_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("experiment: dup\ntrain:\n  steps: 12\n  lr: 0.001\n  steps: 1000000\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "'train.steps'" in message and "dup.yaml" in message and "line 3" in message and "line 5" in message
+    top = tmp_path / "dup_top.yaml"
+    top.write_text("seed: 1\ntrain: {steps: 12}\nseed: 2\n")
+    with pytest.raises(ValueError, match="'seed' is given twice"):
+        load_config(top)
+
+
+def test_yaml_merge_keys_and_repeated_keys_in_different_mappings_are_fine(tmp_path):
+    from dko.config import parse_yaml
+
+    text = "base: &b {steps: 12, lr: 0.1}\ntrain:\n  <<: *b\n  lr: 0.2\neval:\n  steps: 3\n"
+    assert parse_yaml(text, "t") == {"base": {"steps": 12, "lr": 0.1}, "train": {"steps": 12, "lr": 0.2},
+                                     "eval": {"steps": 3}}
+
+
+def test_duplicate_json_key_rejected(tmp_path):
+    from dko.config import load_yaml_file
+
+    path = tmp_path / "dup.json"
+    path.write_text('{"seed": 1, "seed": 2}')
+    with pytest.raises(ValueError, match=r"dup\.json': key 'seed' is given twice"):
+        load_yaml_file(path)
+
+
+def test_cli_overrides_take_schema_types():
+    """Snakemake reads nested --config values as strings; the schema gives them their types back."""
+    from dko.config import parse_config_overrides
+
+    out = parse_config_overrides(["train={conv1_smoothness: 0.0, lr: 1e-3, steps: 200, flip: false}", "seed=3",
+                                  "experiment=007", "tracking={uri: http://head-node:5000}",
+                                  "data={root: null, split_dir: '', n_train: 4}", "dko={element_pitch_m: 1.0e-4}",
+                                  "sweep={grid: {seed: [0, 1]}}", "optics={wavelengths_m: [6.4e-7, 5.5e-7, 4.6e-7]}"])
+    train = out["train"]
+    assert train == {"conv1_smoothness": 0.0, "lr": 1e-3, "steps": 200, "flip": False}
+    assert type(train["conv1_smoothness"]) is float and type(train["steps"]) is int
+    assert out["seed"] == 3 and type(out["seed"]) is int
+    assert out["experiment"] == "007"                       # a string key keeps its text
+    assert out["tracking"] == {"uri": "http://head-node:5000"}
+    assert out["data"] == {"root": None, "split_dir": None, "n_train": 4}
+    assert out["dko"]["element_pitch_m"] == 1.0e-4
+    assert out["sweep"] == {"grid": {"seed": [0, 1]}}
+    assert out["optics"]["wavelengths_m"] == [6.4e-7, 5.5e-7, 4.6e-7]
+    assert parse_config_overrides(["experiment=true", "train={lr: 0.1}", "train={steps: 5}"]) == {
+        "experiment": "true", "train": {"lr": 0.1, "steps": 5}}  # later entries merge into earlier ones
+    resolve_config(out, check_paths=False)
+
+
+def test_cli_override_errors_name_the_key():
+    from dko.config import parse_config_overrides
+
+    with pytest.raises(ValueError, match="'train.lr' is given twice"):
+        parse_config_overrides(["train={lr: 0.1, lr: 0.2}"])
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        parse_config_overrides(["seed"])
+    with pytest.raises(ValueError, match="config key 'train.lr': nan is not a finite number"):
+        resolve_config(parse_config_overrides(["train={lr: nan}"]))
+    with pytest.raises(ValueError, match="config key 'train.steps'"):
+        resolve_config(parse_config_overrides(["train={steps: many}"]))
 
 
 def test_load_config_names_missing_and_bad_files(tmp_path):

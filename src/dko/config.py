@@ -5,29 +5,192 @@ source of truth for keys, types, ranges and defaults. :func:`resolve_config` fil
 runs the checks a schema cannot express (paths that must exist, cross-key ranges) and returns a
 plain dict; :func:`load_config` / :func:`config_from_dict` turn that into :class:`Config`.
 Every error is a ``ValueError`` naming the offending key (dotted path) and value.
+
+Input is read strictly: :func:`load_yaml_file` rejects a key written twice (naming key, file and lines),
+:func:`parse_config_overrides` re-reads Snakemake's ``--config KEY=VALUE`` text with the schema's types,
+and NaN / infinity are rejected wherever a number is expected.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import yaml
 
 SCHEMA_PACKAGE_PATH = ("schema", "config.yaml")
+IMAGE_CHANNELS = 3  # every data.source yields RGB images (dko.depth.model.DepthNet expects (B, 3, H, W))
 
 
 def load_schema() -> dict:
-    """The configuration JSON Schema as a dict."""
+    """The configuration JSON Schema as a dict (a fresh copy: callers may modify it)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
     text = resources.files("dko").joinpath(*SCHEMA_PACKAGE_PATH).read_text()
-    return yaml.safe_load(text)
+    return parse_yaml(text, "config schema")
+
+
+# ----------------------------------------------------------------------------- YAML input
+def _duplicate_key(node: yaml.Node, path: str = "", seen: set | None = None) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping of a composed YAML tree: (dotted key, line, first line)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return None
+    seen.add(id(node))
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            name = f"{path}.{key}" if path else key
+            if key == "<<" and key_node.style is None:  # merge key: overriding merged keys is YAML's own rule
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                return name, line, first_line[key]
+            first_line[key] = line
+            children.append((name, value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(f"{path}[{i}]", item) for i, item in enumerate(node.value)]
+    for name, child in children:
+        found = _duplicate_key(child, name, seen)
+        if found:
+            return found
+    return None
+
+
+def parse_yaml(text: str, source: str, *, loader: type = yaml.SafeLoader, key_prefix: str = "") -> Any:
+    """Parse one YAML document, rejecting a key written twice in a mapping (PyYAML keeps the last one silently).
+
+    Args:
+        text: the YAML text.
+        source: what it is, for messages (e.g. "config file 'my.yaml'").
+        loader: PyYAML loader class (``yaml.BaseLoader`` keeps every scalar a string).
+        key_prefix: dotted key the document sits under, for messages (e.g. "train" for ``--config train={...}``).
+    Raises:
+        ValueError: invalid YAML, or a duplicate key (named with its dotted path and both lines).
+    """
+    parser = loader(text)
+    try:
+        node = parser.get_single_node()
+        if node is None:
+            return None
+        duplicate = _duplicate_key(node, key_prefix)
+        if duplicate:
+            name, line, first = duplicate
+            raise ValueError(f"{source}: key '{name}' is given twice (line {first} and line {line}); "
+                             "keep one (YAML would silently use the last)")
+        return parser.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML: {exc}") from exc
+    finally:
+        parser.dispose()
+
+
+def _json_pairs(source: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"{source}: key '{key}' is given twice; keep one (JSON would silently use the last)")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """Read a YAML (or ``.json``) config file strictly: duplicate keys are errors naming key, file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    source = f"config file '{path}'"
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text, object_pairs_hook=_json_pairs(source))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source} is not valid JSON: {exc}") from exc
+    return parse_yaml(text, source)
+
+
+_NULL_TEXTS = ("", "~", "null", "Null", "NULL")
+
+
+def _schema_types(schema: Mapping) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _typed(value: Any, schema: Mapping) -> Any:
+    """Give the all-string ``value`` (YAML BaseLoader output) the types ``schema`` expects, recursively.
+
+    A scalar of a string key keeps its text (``experiment=007`` stays "007"); any other scalar is read
+    as YAML (``0.0`` -> float, ``true`` -> bool, ``null`` -> None), and as a Python number where the
+    schema wants one and YAML 1.1 says string (``1e-3``). What fits no type is left for the schema to
+    reject by name.
+    """
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _typed(v, props.get(k, extra if isinstance(extra, Mapping) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v, schema.get("items", {})) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = _schema_types(schema)
+    if "string" in types:
+        return None if "null" in types and value in _NULL_TEXTS else value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, (dict, list)):  # the text was quoted; it stays one scalar
+        parsed = value
+    if isinstance(parsed, str):
+        for kind, cast in (("integer", int), ("number", float)):
+            if kind in types:
+                try:
+                    return cast(parsed)
+                except ValueError:
+                    pass
+    return parsed
+
+
+def parse_config_overrides(entries: Sequence[str] | None) -> dict:
+    """Nested, typed overrides from Snakemake ``--config KEY=VALUE`` entries (the raw command-line text).
+
+    Snakemake itself reads nested values with YAML's BaseLoader, so ``--config 'train={conv1_smoothness:
+    0.0}'`` would give the string '0.0'. Here each value is read as YAML (duplicate keys rejected) and its
+    scalars take the types the schema gives their keys (see :func:`_typed`); an empty value is null.
+    Later entries override earlier ones, nested mappings merge (as in Snakemake).
+    """
+    if not entries:
+        return {}
+    properties = load_schema()["properties"]
+    out: dict = {}
+    for entry in entries:
+        key, sep, text = str(entry).partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config entry '{entry}' is not KEY=VALUE")
+        value = None if text == "" else parse_yaml(text, f"--config entry '{entry}'", loader=yaml.BaseLoader,
+                                                   key_prefix=key)
+        out = deep_merge(out, {key: _typed(value, properties.get(key, {}))})
+    return out
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -72,6 +235,7 @@ class TrainConfig:
     val_every: int = 250
     si_lambda: float = 0.85
     conv1_smoothness: float = 0.05
+    collapse_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -245,15 +409,47 @@ def resolve_config(raw: Mapping | None, *, check_paths: bool = True) -> dict:
         raise TypeError(f"config must be a mapping of keys to values, got {type(raw).__name__}")
     schema = load_schema()
     resolved = _fill_defaults(_to_plain(dict(raw)), schema)
+    _check_finite(resolved)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise ValueError(_format_error(errors[0]))
+    resolved = _integral_floats_to_int(resolved, schema)
     _semantic_checks(resolved, check_paths=check_paths)
     return resolved
 
 
+def _check_finite(value: Any, path: str = "") -> None:
+    """Reject NaN and infinity anywhere (JSON Schema's minimum / maximum let NaN through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{path or '<root>'}': {value} is not a finite number "
+                         "(NaN and infinity are not allowed; where a distance may be infinite, write null)")
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _check_finite(sub, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, sub in enumerate(value):
+            _check_finite(sub, f"{path}[{i}]")
+
+
+def _integral_floats_to_int(value: Any, schema: Mapping) -> Any:
+    """3.0 -> 3 where the schema says integer (JSON Schema counts 3.0 as an integer; range(3.0) would fail)."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _integral_floats_to_int(v, props.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v, schema.get("items", {})) for v in value]
+    types = _schema_types(schema)
+    if isinstance(value, float) and "integer" in types and "number" not in types:
+        return int(value)
+    return value
+
+
 def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
+    if cfg["experiment"] in (".", ".."):
+        raise ValueError(f"config key 'experiment' ({cfg['experiment']!r}) must name a folder inside results_dir, "
+                         "not '.' or '..'")
+    _tracking_uri_check(cfg["tracking"]["uri"])
     data = cfg["data"]
     if data["min_depth_m"] >= data["max_depth_m"]:
         raise ValueError(
@@ -317,6 +513,13 @@ def _optics_checks(cfg: dict) -> None:
     optics = cfg.get("optics")
     if optics is None:
         return
+    wavelengths = optics["wavelengths_m"]
+    if len(wavelengths) != IMAGE_CHANNELS:
+        raise ValueError(f"config key 'optics.wavelengths_m' has {len(wavelengths)} entries but the images have "
+                         f"{IMAGE_CHANNELS} channels (R, G, B): give one wavelength per channel")
+    if len(set(wavelengths)) != len(wavelengths):
+        raise ValueError(f"config key 'optics.wavelengths_m' ({wavelengths}) repeats a wavelength; the meta-atom "
+                         "table (one row per wavelength) needs distinct ones")
     if optics["psf_size_px"] % 2 == 0:
         raise ValueError(f"config key 'optics.psf_size_px' must be odd (PSF centred on a pixel), got {optics['psf_size_px']}")
     period = (cfg.get("metaatoms") or {}).get("period_m")
@@ -335,6 +538,39 @@ def _optics_checks(cfg: dict) -> None:
             f"config key 'optics.psf_size_px' ({optics['psf_size_px']}) x pixel_pitch_m = {window:.3e} m exceeds the "
             f"simulated sensor plane n_superpixels x superpixel_m x pad_factor = {extent:.3e} m"
         )
+
+
+TRACKING_URI_FORMS = ("null (sqlite file <results_dir>/mlflow.db)", "sqlite:////abs/path.db", "http://host:port",
+                      "https://host[:port][/path]")
+
+
+def _tracking_uri_check(uri: str | None) -> None:
+    """Reject a ``tracking.uri`` MLflow cannot use, before any job tries it."""
+    if uri is None or uri == "":
+        return
+    problem = None
+    if any(c.isspace() for c in uri):
+        problem = "contains white space"
+    elif uri.startswith("sqlite:"):
+        db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not db or db == ":memory:" or db.endswith("/"):
+            problem = "needs a database file, sqlite:////abs/path.db (four slashes for an absolute path)"
+    elif uri.startswith(("http:", "https:")):
+        parts = urlsplit(uri)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if not uri.startswith(("http://", "https://")) or not parts.hostname:
+            problem = "needs a host, http://host:port"
+        elif not port_ok:
+            problem = "has an invalid port (an integer 1..65535)"
+    elif uri.startswith("file:"):
+        problem = "is a file store, which MLflow 3 refuses by default (use a sqlite file)"
+    else:
+        problem = "has an unsupported scheme"
+    if problem:
+        raise ValueError(f"config key 'tracking.uri': '{uri}' {problem}; accepted: {', '.join(TRACKING_URI_FORMS)}")
 
 
 # ----------------------------------------------------------------------------- construction
@@ -371,13 +607,7 @@ def config_from_dict(raw: Mapping | None, *, check_paths: bool = True) -> Config
 
 def load_config(path: str | Path, *, overrides: Mapping | None = None, check_paths: bool = True) -> Config:
     """Read a YAML config file, apply nested ``overrides`` and return the typed :class:`Config`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file '{path}' does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config file '{path}' is not valid YAML: {exc}") from exc
+    raw = load_yaml_file(path) or {}
     if overrides:
         raw = deep_merge(raw, overrides)
     return config_from_dict(raw, check_paths=check_paths)

@@ -35,7 +35,10 @@ Checkpoint / resume mirrors :func:`dko.depth.train.train_electronic`: every ``e2
 ``out_dir/checkpoint.pt`` holds the networks, optimisers, RNG states, curves and budget so far; a rerun
 resumes (bit-identical with a step budget; with a time budget the schedule depends on measured time).
 Non-finite losses / gradients and losses above ``e2e.divergence_factor`` times the first logging window's
-raise :class:`E2EDivergence`.
+raise :class:`E2EDivergence`; a collapsed network (saturated or constant depth, or no better than the mean-depth
+predictor after the warm-up, checked at every validation after step 0 by :class:`dko.depth.collapse.CollapseMonitor`,
+``train.collapse_check``) raises :class:`dko.depth.collapse.TrainingCollapse` naming ``e2e.lr_backend`` /
+``e2e.lr_optics``. Neither leaves a ``model.pt``.
 
 Outputs in ``out_dir`` (``results/<exp>/e2e/<variant>/``): ``model.pt`` (the depth network, stage 1's format;
 its conv1 is unused, the front end replaces it), ``frontend.npz`` (:func:`dko.frontend.save_frontend`),
@@ -356,10 +359,23 @@ def e2e_step(model: nn.Module, front: E2EFrontEnd, optimisers: Sequence[torch.op
 
 
 # ----------------------------------------------------------------------------- bookkeeping
+def _lr_keys(cfg, variant: str, lr_optics: float, lr_backend: float) -> str:
+    """The learning-rate keys of one variant with their values, for error messages."""
+    optics_key = "e2e.lr_optics_scratch" if variant == "scratch" and cfg.e2e.lr_optics_scratch is not None \
+        else "e2e.lr_optics"
+    optics = f"{optics_key} ({lr_optics:g})"
+    if variant == "optics":
+        return optics
+    backend = f"e2e.lr_backend ({lr_backend:g}{', null: train.lr' if cfg.e2e.lr_backend is None else ''})"
+    return f"{backend} or {optics}"
+
+
 def run_key(cfg, variant: str, plan: Mapping) -> str:
     """Hash of everything a checkpoint depends on (minus bookkeeping intervals)."""
+    from dko.depth.train import BOOKKEEPING_TRAIN_KEYS
+
     plain = cfg.to_dict()
-    train = {k: v for k, v in plain["train"].items() if k not in ("checkpoint_every", "log_every", "val_every")}
+    train = {k: v for k, v in plain["train"].items() if k not in BOOKKEEPING_TRAIN_KEYS}
     e2e = {k: v for k, v in plain["e2e"].items() if k not in ("checkpoint_every", "log_every", "variants")}
     blob = json.dumps({"variant": variant, "seed": plain["seed"], "data": plain["data"], "network": plain["network"],
                        "train": train, "optics": plain["optics"], "metaatoms": plain["metaatoms"],
@@ -368,7 +384,8 @@ def run_key(cfg, variant: str, plan: Mapping) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int) -> dict[str, float]:
+def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int,
+              predict_wrapper: Callable | None = None) -> dict[str, float]:
     from dko.depth.train import validate
 
     with torch.no_grad():
@@ -377,7 +394,7 @@ def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int) -
             setattr(layer, name, buf.detach())
     model.front = _FixedFront(layer)
     try:
-        return validate(model, split, meta, device, batch_size=batch_size)
+        return validate(model, split, meta, device, batch_size=batch_size, predict_wrapper=predict_wrapper)
     finally:
         model.front = None
 
@@ -440,6 +457,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
 
     from dko.config import resolve_device
     from dko.data.format import batch_to_tensors, load_split, read_meta
+    from dko.depth.collapse import CollapseMonitor
     from dko.depth.train import (BatchOrder, _valid_mask, augment, global_rng_state, read_checkpoint,
                                  restore_global_rng_state)
     from dko.stage2 import psf_fft_flops
@@ -460,6 +478,8 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
                              device=device)
     lr_backend = float(e.lr_backend if e.lr_backend is not None else tc.lr)
     lr_optics = optics_lr(cfg, variant)
+    monitor = CollapseMonitor(train_split.depth, val_split, meta, stage=f"E2E {variant}",
+                              keys=_lr_keys(cfg, variant, lr_optics, lr_backend), enabled=tc.collapse_check)
     opt_optics = torch.optim.Adam([front.p], lr=lr_optics)
     optimisers: list[torch.optim.Optimizer] = [opt_optics]
     opt_backend = None
@@ -531,13 +551,15 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
 
     def do_validation(step: int, row: dict) -> dict[str, float]:
         t, c = time.perf_counter(), time.process_time()
-        metrics = _validate(model, front, val_split, meta, device, batch_size=max(tc.batch_size, 16))
+        metrics = _validate(model, front, val_split, meta, device, batch_size=max(tc.batch_size, 16),
+                            predict_wrapper=monitor.wrap)
         val_time["wall_s"] += time.perf_counter() - t
         val_time["cpu_s"] += time.process_time() - c
         row.update(step=step, **{f"val_{k}": v for k, v in metrics.items()})
         log.info("E2E %s step %d: val %s", variant, step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if on_metrics is not None:
             on_metrics(step, {f"val_{k}": v for k, v in metrics.items()})
+        monitor.check(step, fraction(used()[0]), metrics)  # raises TrainingCollapse before any model.pt
         return metrics
 
     def save_checkpoint(step: int) -> None:

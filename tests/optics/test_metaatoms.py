@@ -1,5 +1,6 @@
 """Meta-atom library: RCWA table, differentiable lookup, reverse lookup, rebuild decision, config checks."""
 
+import dataclasses
 import functools
 import math
 
@@ -163,9 +164,10 @@ def test_settings_mismatch_triggers_rebuild_and_fresh_solve(tmp_path, lib):
     assert (tmp_path / "shipped" / "library.npz").read_bytes() == default_library_path().read_bytes()
     assert (tmp_path / "shipped" / "library.png").stat().st_size > 0
     # different settings (tiny and fast): a fresh table is solved, saved and reported
-    small = config_from_dict({"optics": {"wavelengths_m": [6e-7]},
-                              "metaatoms": {"n_radii": 5, "rcwa_order": 1, "convergence_order_step": 1,
+    small = config_from_dict({"metaatoms": {"n_radii": 5, "rcwa_order": 1, "convergence_order_step": 1,
                                             "convergence_radii": 2}}, check_paths=False)
+    # one wavelength keeps the solve fast (a pipeline config needs one per RGB channel)
+    small = dataclasses.replace(small, optics=dataclasses.replace(small.optics, wavelengths_m=(6e-7,)))
     summary = prepare_library(small, tmp_path / "fresh")
     assert summary["reused_shipped_table"] == 0.0
     fresh = MetaAtomLibrary.load(tmp_path / "fresh" / "library.npz")
@@ -190,8 +192,8 @@ def test_config_rejects_bad_period_and_radius():
         # 320 nm > 460 nm / 1.46 = 315 nm: substrate diffraction orders in the blue
         config_from_dict({"metaatoms": {"period_m": 3.2e-7}, "optics": {"superpixel_m": 3.2e-6}}, check_paths=False)
     config_from_dict({"metaatoms": {"period_m": 3.2e-7}, "optics": {"superpixel_m": 3.2e-6,
-                                                                    "wavelengths_m": [6.4e-7, 5.5e-7]}},
-                     check_paths=False)
+                                                                    "wavelengths_m": [6.4e-7, 5.5e-7, 5.0e-7]}},
+                     check_paths=False)  # 500 nm / 1.46 = 342 nm > 320 nm
     with pytest.raises(ValueError, match=r"metaatoms\.radius_max_m"):
         config_from_dict({"metaatoms": {"radius_max_m": 1.5e-7}}, check_paths=False)
     with pytest.raises(ValueError, match=r"metaatoms\.radius_min_m"):

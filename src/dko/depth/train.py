@@ -7,7 +7,9 @@ atomically writes ``out_dir/checkpoint.pt`` with the model, optimiser, scheduler
 (torch, numpy, python, data order, augmentation), the curves so far and the budget so far; a rerun
 with the same settings resumes from it and ends with the same weights as an uninterrupted run
 (bit-identical on the same device and thread count). Outputs in ``out_dir``: ``model.pt`` (final
-weights, architecture and config), ``budget.json`` (:mod:`dko.budget`), ``curves.csv``.
+weights, architecture and config), ``budget.json`` (:mod:`dko.budget`), ``curves.csv``. Every validation goes
+through :class:`dko.depth.collapse.CollapseMonitor` (``train.collapse_check``): a collapsed network raises
+:class:`dko.depth.collapse.TrainingCollapse` naming ``train.lr``, and no ``model.pt`` is written.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from dko.budget import BudgetRecorder
 from dko.data.format import Split, batch_to_tensors, load_split, read_meta
 from dko.depth.checkpoint import load_monodepth2, save_depthnet
+from dko.depth.collapse import CollapseMonitor
 from dko.depth.evaluate import evaluate_predictor, model_predictor
 from dko.depth.losses import kernel_roughness, multiscale_depth_loss
 from dko.depth.model import DepthNet
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CURVE_COLUMNS = ["step", "lr", "train_loss"] + [f"val_{m}" for m in METRIC_NAMES]
+# train.* keys that do not change the trained weights (left out of the checkpoints' run keys)
+BOOKKEEPING_TRAIN_KEYS = ("checkpoint_every", "log_every", "val_every", "collapse_check")
 
 
 def global_rng_state(device: torch.device) -> dict:
@@ -145,7 +150,7 @@ class BatchOrder:
 def run_key(cfg) -> str:
     """Hash of the settings a checkpoint depends on (seed, data, network, train minus bookkeeping intervals)."""
     plain = cfg.to_dict()
-    train = {k: v for k, v in plain["train"].items() if k not in ("checkpoint_every", "log_every", "val_every")}
+    train = {k: v for k, v in plain["train"].items() if k not in BOOKKEEPING_TRAIN_KEYS}
     blob = json.dumps({"seed": plain["seed"], "data": plain["data"], "network": plain["network"], "train": train},
                       sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -155,11 +160,16 @@ def _valid_mask(depth: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return (depth > 0) & (depth >= lo) & (depth <= hi)
 
 
-def validate(model: DepthNet, split: Split, meta: Mapping, device: Any, batch_size: int = 16) -> dict[str, float]:
-    """Eigen metrics of ``model`` on a split (no median scaling); restores the model's training mode."""
+def validate(model: DepthNet, split: Split, meta: Mapping, device: Any, batch_size: int = 16,
+             predict_wrapper: Callable | None = None) -> dict[str, float]:
+    """Eigen metrics of ``model`` on a split (no median scaling); restores the model's training mode.
+    ``predict_wrapper`` (e.g. :meth:`dko.depth.collapse.CollapseMonitor.wrap`) wraps the model's predictor."""
     was_training = model.training
     try:
-        res = evaluate_predictor(model_predictor(model, device), split, meta["protocol"], float(meta["min_depth_m"]),
+        predict = model_predictor(model, device)
+        if predict_wrapper is not None:
+            predict = predict_wrapper(predict)
+        res = evaluate_predictor(predict, split, meta["protocol"], float(meta["min_depth_m"]),
                                  float(meta["max_depth_m"]), median_scaling=False, batch_size=batch_size)
     finally:
         model.train(was_training)
@@ -198,6 +208,8 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
     if tc.batch_size > len(train_split):
         log.warning("train.batch_size %d exceeds the %d training images; batches repeat images", tc.batch_size,
                     len(train_split))
+    monitor = CollapseMonitor(train_split.depth, val_split, meta, stage="stage 1", keys=f"train.lr ({tc.lr:g})",
+                              enabled=tc.collapse_check)
 
     torch.manual_seed(cfg.seed)
     net = cfg.network
@@ -290,11 +302,13 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             if on_metrics is not None:
                 on_metrics(done, {"train_loss": row["train_loss"], "lr": row["lr"]})
         if done % tc.val_every == 0 or done == tc.steps:
-            last_val = validate(model, val_split, meta, device, batch_size=max(tc.batch_size, 16))
+            last_val = validate(model, val_split, meta, device, batch_size=max(tc.batch_size, 16),
+                                predict_wrapper=monitor.wrap)
             row.update(step=done, **{f"val_{k}": v for k, v in last_val.items()})
             log.info("step %d: val %s", done, ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
             if on_metrics is not None:
                 on_metrics(done, {f"val_{k}": v for k, v in last_val.items()})
+            monitor.check(done, done / tc.steps, last_val)  # raises TrainingCollapse before any model.pt
         if row:
             curves.append(row)
         if done % tc.checkpoint_every == 0 and done < tc.steps:
