@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dko.dko import OptimizationError, center_window, checkpoint_matches, fidelity_metrics, kernel_loss, loss_window, optimize_designs
+from dko.dko import OptimizationError, center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
 
 
 def _gauss(n, sigma, shift=0.0):
@@ -111,7 +111,7 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
 
     ck = tmp_path / "ck.pt"
     optimize_designs(p0, targets, psf_fn, steps=5, lr=0.1, checkpoint_path=ck, run_key="a")
-    assert checkpoint_matches(ck, "a") and not checkpoint_matches(ck, "b")
+    assert torch.load(ck, weights_only=False)["run_key"] == "a"
     # other settings: starts over (5 fresh steps), no error
     _, history = optimize_designs(p0, targets, psf_fn, steps=5, lr=0.1, checkpoint_path=ck, run_key="b")
     assert len(history) == 5
@@ -124,7 +124,6 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
         checkpoint_path=ck, run_key="b")
     assert len(history) == 3
     ck.write_bytes(b"not a checkpoint")
-    assert not checkpoint_matches(ck, "c")
     _, history = optimize_designs(p0, targets, psf_fn, steps=2, lr=0.1, checkpoint_path=ck, run_key="c")
     assert len(history) == 2
 

@@ -178,3 +178,21 @@ def test_e2e_models_evaluate_with_and_without_noise(setup, tmp_path):
     noisy = evaluate_model(cfg, "e2e_optics_noisy", data, tmp_path / "evn", inputs=inputs)
     assert clean["n_images"] == noisy["n_images"] == 3
     assert clean["metrics"]["abs_rel"] != noisy["metrics"]["abs_rel"]
+
+
+def test_kept_final_checkpoint_rewrites_the_outputs_without_training(setup, tmp_path):
+    """keep_checkpoint (the workflow job): the final state outlives the outputs, so a rerun after an interruption
+    past training (Ctrl-C while plotting) writes the same outputs again without another step."""
+    root, data, stage1 = setup
+    cfg = _cfg()
+    out = tmp_path / "optics"
+    first = train_e2e(cfg, "optics", data, out, stage1_model=stage1, progress=False, keep_checkpoint=True)
+    assert first["checkpoint"] == str(out / CHECKPOINT_FILE) and (out / CHECKPOINT_FILE).is_file()
+    radius = load_frontend(out / "frontend.npz").radius_m.copy()
+    for name in ("model.pt", "frontend.npz", "budget.json", "curves.csv"):
+        (out / name).unlink()
+    again = train_e2e(cfg, "optics", data, out, stage1_model=stage1, progress=False)
+    assert again["resumed_from_step"] == again["steps"] == first["steps"] == 4
+    assert again["budget"]["segment_steps"] == 0 and again["val"] == first["val"] and again["checkpoint"] is None
+    assert (load_frontend(out / "frontend.npz").radius_m == radius).all()
+    assert not (out / CHECKPOINT_FILE).exists()

@@ -151,3 +151,17 @@ def test_aggregate_budgets():
     assert agg["element_steps"] == 46 and agg["fft_flops_total_est"] == 12 and agg["shards"] == shards_
     with pytest.raises(ValueError):
         aggregate_budgets([])
+
+
+def test_kept_final_checkpoint_rewrites_the_shard_without_another_step(tmp_path, bank, library):
+    """The budget travels inside the shard's checkpoint; the final one, kept, gives the same shard on a rerun."""
+    cfg = _cfg(tmp_path)
+    out, ckpt = tmp_path / "shard_0.pt", tmp_path / "shard_0.ckpt"
+    first = optimize_shard(cfg, bank, library, 0, out, checkpoint_path=ckpt, progress=False, keep_checkpoint=True)
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=False)["extra"]["budget"]["steps"] == 6
+    design = load_shard(out)["design"]
+    out.unlink()
+    again = optimize_shard(cfg, bank, library, 0, out, checkpoint_path=ckpt, progress=False)
+    assert again["steps"] == 6 and again["segment_steps"] == 0 and again["segments"] == 2
+    assert again["wall_s"] >= first["wall_s"] * 0.9  # the earlier segment's time, carried over
+    assert torch.equal(load_shard(out)["design"], design) and not ckpt.exists()

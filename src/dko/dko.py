@@ -88,15 +88,6 @@ def kernel_loss(psfs: torch.Tensor, targets: torch.Tensor, *, window_factor: flo
     return loss, {"shape": float(shape.detach()), "window_fraction": float(frac.detach().mean()), "efficiency": eff}
 
 
-def checkpoint_matches(path: str | Path, run_key: str | None) -> bool:
-    """True if the stage-2 checkpoint at ``path`` is readable and was written for ``run_key``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - unreadable means not resumable
-        return False
-    return isinstance(state, dict) and state.get("run_key") == run_key
-
-
 def _matching_checkpoint(path: Path, shape: tuple, run_key: str | None) -> dict | None:
     if not path.is_file():
         return None
@@ -120,7 +111,9 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
                      efficiency_weight: float = 0.0, plateau_patience: int = 50, plateau_rel_tol: float = 1e-3,
                      checkpoint_path: str | Path | None = None, checkpoint_every: int = 100,
                      on_metrics: Callable[[int, dict], None] | None = None,
-                     progress: bool = False, run_key: str | None = None) -> tuple[torch.Tensor, list[dict]]:
+                     progress: bool = False, run_key: str | None = None,
+                     checkpoint_extra: Callable[[], dict] | None = None,
+                     on_resume: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """Adam on design variables ``p`` (any shape, float) so that ``psf_fn(p)`` matches ``targets``.
 
     Args:
@@ -130,11 +123,14 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         steps, lr: Adam schedule.
         plateau_patience, plateau_rel_tol: stop when the best loss has not improved by a relative
             ``plateau_rel_tol`` for ``plateau_patience`` steps (patience 0 disables).
-        checkpoint_path: if given, (p, Adam state, step, history) saved every ``checkpoint_every``
-            steps and at the end; an existing file is resumed from.
+        checkpoint_path: if given, (p, Adam state, step, history, best design, plateau counter) saved
+            every ``checkpoint_every`` steps and at the end; an existing file is resumed from (one saved at
+            the end returns its result without another step, unless ``steps`` or ``plateau_patience`` grew).
         on_metrics: called ``on_metrics(step, {"loss", "shape", "window_fraction", "efficiency"})`` every step.
         run_key: identifies the settings; a checkpoint written for other settings (or other shapes), or
             an unreadable one, is ignored with a warning and the optimisation starts over.
+        checkpoint_extra: ``() -> dict`` of the caller's state, saved in every checkpoint (e.g. its budget).
+        on_resume: called with that dict when a checkpoint is resumed from.
     Returns:
         (best p (detached, same shape), history list of per-step metric dicts).
     Raises:
@@ -158,6 +154,10 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         # the best design so far and the plateau counter, so that a resumed run ends like an uninterrupted one
         best_p = state["best_p"].to(p.device, p.dtype)
         best, ref, since_best = float(state["best"]), float(state["plateau_ref"]), int(state["since_best"])
+        if on_resume is not None:
+            on_resume(dict(state.get("extra") or {}))
+        if plateau_patience and since_best >= plateau_patience:  # it had stopped on a plateau: nothing to add
+            return best_p.detach().clone(), history
 
     def save(step: int) -> None:
         if ckpt is None:
@@ -165,6 +165,7 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         with atomic_path(ckpt) as tmp:
             torch.save({"p": p.detach().cpu(), "adam": opt.state_dict(), "step": step, "history": history,
                         "best_p": best_p.cpu(), "best": best, "plateau_ref": ref, "since_best": since_best,
+                        "extra": checkpoint_extra() if checkpoint_extra is not None else {},
                         "run_key": run_key}, tmp)
 
     iterator = range(start, steps)

@@ -437,7 +437,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
               stage1_budget: str | Path | Mapping | None = None, dko_budget: str | Path | Mapping | None = None,
               library_path: str | Path | None = None,
               on_metrics: Callable[[int, Mapping[str, float]], None] | None = None,
-              device: str | torch.device | None = None, progress: bool = True) -> dict:
+              device: str | torch.device | None = None, progress: bool = True, keep_checkpoint: bool = False) -> dict:
     """Train (or resume) one E2E variant within its budget; see the module docstring.
 
     Args:
@@ -450,8 +450,11 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         library_path: meta-atom table (default: the shipped one).
         on_metrics: ``on_metrics(step, dict)`` after each logging window and validation (MLflow).
         device: torch device (default ``resolve_device(cfg.device)``).
+        keep_checkpoint: keep the final checkpoint (written after training, before the outputs) for the
+            caller to remove when its own work is done, as :func:`dko.depth.train.train_electronic` does.
     Returns:
-        ``{"variant", "steps", "resumed_from_step", "final_train_loss", "val", "budget", "plan", "stopped_by"}``.
+        ``{"variant", "steps", "resumed_from_step", "final_train_loss", "val", "budget", "plan", "stopped_by",
+        "checkpoint"}`` (``checkpoint``: path of the kept final checkpoint, or None).
     """
     from tqdm import tqdm
 
@@ -497,6 +500,8 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
     first_window: float | None = None
     val_time = {"wall_s": 0.0, "cpu_s": 0.0}
     next_val, start_step = 0, 0
+    last_val: dict[str, float] = {}
+    last_loss = float("nan")
     key = run_key(cfg, variant, plan)
     ckpt_path = out_dir / CHECKPOINT_FILE
 
@@ -518,6 +523,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
             next_val = int(ckpt["next_val"])
             budget.load_state_dict(ckpt["budget"])
             start_step = int(ckpt["step"])
+            last_val, last_loss = dict(ckpt.get("last_val", {})), float(ckpt.get("last_loss", math.nan))
             log.info("resuming E2E %s from %s at step %d", variant, ckpt_path, start_step)
 
     h, w = int(meta["height"]), int(meta["width"])
@@ -569,15 +575,13 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
             "aug_rng": aug_gen.get_state(), "noise_rng": noise_gen.get_state(), **global_rng_state(device),
             "curves": curves,
             "loss_acc": (loss_sum, loss_n), "first_window": first_window, "val_time": val_time,
-            "next_val": next_val, "budget": budget.state_dict(),
+            "next_val": next_val, "budget": budget.state_dict(), "last_val": last_val, "last_loss": last_loss,
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
         write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
 
     budget.start()
-    last_val: dict[str, float] = {}
-    last_loss = float("nan")
     step = start_step
     if next_val == 0:  # before training: the initialisation's accuracy (time 0)
         row = {"budget_used": 0.0, **used()[1]}
@@ -652,6 +656,7 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         last_val = do_validation(step, row)
         curves.append(row)
     budget.stop()
+    save_checkpoint(step)  # outlives the outputs: an interruption while they are written costs no retraining
 
     _save_outputs(cfg, variant, model, front, out_dir, meta, step, plan)
     model.to(device)
@@ -671,9 +676,11 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         fft_flops_per_step_est=fft_per_step, fft_flops_total_est=fft_per_step * step,
         final_val={k: v for k, v in last_val.items()})
     summary = budget.write(out_dir / "budget.json")
-    ckpt_path.unlink(missing_ok=True)
+    if not keep_checkpoint:
+        ckpt_path.unlink(missing_ok=True)
     return {"variant": variant, "steps": step, "resumed_from_step": start_step, "final_train_loss": last_loss,
-            "val": last_val, "budget": summary, "plan": plan, "stopped_by": stopped_by}
+            "val": last_val, "budget": summary, "plan": plan, "stopped_by": stopped_by,
+            "checkpoint": str(ckpt_path) if keep_checkpoint and ckpt_path.is_file() else None}
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -36,11 +36,10 @@ import numpy as np
 import torch
 
 from dko.budget import BudgetRecorder
-from dko.dko import (center_window, checkpoint_matches, fidelity_metrics, kernel_loss, loss_window,
-                     optimize_designs)
+from dko.dko import center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
 from dko.frontend import (array_layout, calibrate_gains, design_radius, distances_to_array, element_psfs,
                           initial_designs, radius_psfs, save_frontend, subset_bank)
-from dko.io import atomic_path, read_json, write_csv, write_json
+from dko.io import atomic_path, write_csv, write_json
 from dko.kernels import shards
 from dko.opto_layer import KernelBank
 from dko.optics.psf import OpticalSystem, is_infinite_distance
@@ -129,7 +128,8 @@ def shard_run_key(cfg, bank: KernelBank, index: torch.Tensor) -> str:
 
 def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | Path, *,
                    checkpoint_path: str | Path | None = None, device: Any = "cpu",
-                   on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+                   on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
+                   keep_checkpoint: bool = False) -> dict:
     """Optimise the elements of shard ``shard`` and write ``out_path`` (.pt).
 
     Args:
@@ -139,7 +139,9 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
         shard: index in ``dko.kernels.shards(bank, cfg.dko.shard_size)``.
         out_path: result file: ``{"format", "shard", "index" (long (E_s,)), "design" (float32 (E_s, N, N)),
             "radius_m" (float32 (E_s, N, N)), "history" (list of per-step dicts), "budget" (dict), "distances_m"}``.
-        checkpoint_path: optimiser checkpoint (resumed when present; removed after success).
+        checkpoint_path: optimiser checkpoint with the budget so far (resumed when present; removed after
+            success unless ``keep_checkpoint``: then the caller removes it when its own work is done, and a
+            rerun finding the final one writes the shard again without another step).
     Returns:
         The budget summary (also stored in the file).
     """
@@ -151,17 +153,13 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     distances = optimization_distances(cfg)
     budget = BudgetRecorder(f"dko_shard{shard}", device)
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    budget_state = ckpt.with_suffix(".budget.json") if ckpt is not None else None
     key = shard_run_key(cfg, bank, index)
-    if ckpt is not None and ckpt.is_file() and not checkpoint_matches(ckpt, key):
-        log.warning("shard %d: checkpoint %s is of other settings; starting over", shard, ckpt)
-        ckpt.unlink()
-        if budget_state.is_file():
-            budget_state.unlink()
-    if budget_state is not None and budget_state.is_file() and ckpt.is_file():
-        budget.load_state_dict(read_json(budget_state))
-        log.info("shard %d: resuming, earlier segments %.1f s", shard, budget.prior["wall_s"])
-    budget.start()
+
+    def resume_budget(extra: dict) -> None:
+        if "budget" in extra:
+            budget.load_state_dict(extra["budget"])
+            log.info("shard %d: resuming, earlier segments %.1f s", shard, budget.prior["wall_s"])
+
     history: list[dict] = []
     design = torch.zeros(0, system.n_superpixels, system.n_superpixels)
     if index.numel():
@@ -181,16 +179,14 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
                                   efficiency_weight=cfg.dko.efficiency_weight)
             loss.backward()
 
-        if budget.flops_per_step is None:
-            budget.measure_flops(one_step)
+        budget.measure_flops(one_step)  # before the clock starts (not charged)
+        budget.start()
         last = {"wall": time.perf_counter(), "cpu": time.process_time()}
 
         def metrics_cb(step: int, metrics: dict) -> None:
             now_w, now_c = time.perf_counter(), time.process_time()
             budget.add_step(now_w - last["wall"], now_c - last["cpu"])
             last["wall"], last["cpu"] = now_w, now_c
-            if budget_state is not None and (step + 1) % cfg.dko.checkpoint_every == 0:
-                write_json(budget_state, budget.state_dict())
             if on_metrics is not None:
                 on_metrics(step, metrics)
 
@@ -198,7 +194,10 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
             p0, targets, psf_fn, steps=cfg.dko.steps, lr=cfg.dko.lr, window_factor=cfg.dko.window_factor,
             efficiency_weight=cfg.dko.efficiency_weight, plateau_patience=cfg.dko.plateau_patience,
             plateau_rel_tol=cfg.dko.plateau_rel_tol, checkpoint_path=ckpt, checkpoint_every=cfg.dko.checkpoint_every,
-            on_metrics=metrics_cb, progress=progress, run_key=key)
+            on_metrics=metrics_cb, progress=progress, run_key=key,
+            checkpoint_extra=lambda: {"budget": budget.state_dict()}, on_resume=resume_budget)
+    else:
+        budget.start()
     budget.stop()
     budget.extra.update(shard=shard, n_elements=int(index.numel()), n_superpixels=system.n_superpixels,
                         n_distances=len(distances),
@@ -216,9 +215,8 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
                "history": history, "budget": summary, "distances_m": distances}
     with atomic_path(out_path) as tmp:
         torch.save(payload, tmp)
-    for leftover in (ckpt, budget_state):
-        if leftover is not None:
-            Path(leftover).unlink(missing_ok=True)
+    if ckpt is not None and not keep_checkpoint:
+        ckpt.unlink(missing_ok=True)
     if history:
         log.info("shard %d: %d elements, %d steps, loss %.4g -> %.4g, %.1f s", shard, index.numel(), len(history),
                  history[0]["loss"], min(h["loss"] for h in history), summary["wall_s"])

@@ -40,6 +40,16 @@ class Job:
     device: Any
     tracker: JobTracker
     started_s: float = field(default_factory=time.time)
+    _remove_after_success: list[Path] = field(default_factory=list)
+
+    def remove_after_success(self, path: str | Path | None) -> None:
+        """Delete ``path`` (a final checkpoint) once ``main`` returned and the job's tracking is closed.
+
+        A job interrupted before that (Ctrl-C while plotting, say) leaves it, and its rerun resumes from it
+        instead of training again. ``None`` is ignored.
+        """
+        if path is not None:
+            self._remove_after_success.append(Path(path))
 
 
 def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
@@ -94,4 +104,6 @@ def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
     if log_path is not None:
         tracker.log_artifact(log_path, "logs")
     tracker.close("FINISHED")
+    for path in job._remove_after_success:
+        path.unlink(missing_ok=True)
     return result

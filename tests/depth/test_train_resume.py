@@ -42,6 +42,7 @@ def test_kill_and_resume_matches_uninterrupted(row_dataset, tmp_path):
                          progress=False)
     assert (tmp_path / "resumed" / CHECKPOINT_FILE).is_file()  # written at step 2
     assert not (tmp_path / "resumed" / "model.pt").exists()
+    kept = torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["budget"]
     again = train_electronic(cfg, row_dataset, tmp_path / "resumed", device="cpu", progress=False)
     assert again["resumed_from_step"] == 2 and full["resumed_from_step"] == 0
 
@@ -61,6 +62,11 @@ def test_kill_and_resume_matches_uninterrupted(row_dataset, tmp_path):
     assert budget["steps"] == 6 and budget["segments"] == 2 and budget["segment_steps"] == 4
     assert budget["flops_per_step"] > 0 and budget["flops_total"] == 6 * budget["flops_per_step"]
     assert budget["wall_s"] > budget["segment_wall_s"] > 0
+    # what a resumed budget charges: the kept segment up to its checkpoint, then the resumed one; the killed
+    # segment's step 3 (after the checkpoint) is redone and charged once
+    assert kept["steps"] == 2
+    assert budget["wall_s"] == pytest.approx(kept["wall_s"] + budget["segment_wall_s"], rel=1e-9)
+    assert budget["cpu_s"] == pytest.approx(kept["cpu_s"] + budget["segment_cpu_s"], rel=1e-9)
 
     # The trained model evaluates through the same rule as every other model.
     res = evaluate_model(cfg, "electronic", row_dataset, tmp_path / "eval", inputs={"model": str(tmp_path / "full" / "model.pt")})

@@ -21,8 +21,10 @@ def main(job):
         if step % job.cfg.dko.log_every == 0:
             log_metrics(step, metrics)
 
-    budget = optimize_shard(job.cfg, bank, library, shard, out, checkpoint_path=out.with_suffix(".ckpt"),
-                            device=job.device, on_metrics=on_metrics)
+    checkpoint = out.with_suffix(".ckpt")
+    budget = optimize_shard(job.cfg, bank, library, shard, out, checkpoint_path=checkpoint, device=job.device,
+                            on_metrics=on_metrics, keep_checkpoint=True)
+    job.remove_after_success(checkpoint)
     write_json(job.output.budget, budget)
     job.tracker.log_metrics(numeric(budget))
     job.tracker.log_artifact(job.output.budget)

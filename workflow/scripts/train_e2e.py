@@ -13,7 +13,8 @@ def main(job):
     result = train_e2e(job.cfg, variant, Path(job.input.meta).parent, Path(job.output.model).parent,
                        stage1_model=job.input.stage1_model, stage1_budget=job.input.stage1_budget,
                        dko_budget=job.input.dko_budget, library_path=job.input.library,
-                       on_metrics=job.tracker.metrics_callback(), device=job.device)
+                       on_metrics=job.tracker.metrics_callback(), device=job.device, keep_checkpoint=True)
+    job.remove_after_success(result["checkpoint"])
     plot_training_curves(job.output.curves, job.output.plot, title=f"E2E {variant} ({job.cfg.experiment})")
     job.tracker.log_params({"e2e_variant": variant, "e2e_budget_mode": result["plan"]["mode"],
                             "e2e_budget_basis": result["plan"]["basis"], "e2e_budget_limit": result["plan"]["limit"]})

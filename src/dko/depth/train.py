@@ -6,7 +6,8 @@ constant schedule, random horizontal flips and colour jitter. Every ``train.chec
 atomically writes ``out_dir/checkpoint.pt`` with the model, optimiser, scheduler, every RNG state
 (torch, numpy, python, data order, augmentation), the curves so far and the budget so far; a rerun
 with the same settings resumes from it and ends with the same weights as an uninterrupted run
-(bit-identical on the same device and thread count). Outputs in ``out_dir``: ``model.pt`` (final
+(bit-identical on the same device and thread count). The last checkpoint, after the final step, is written
+before the outputs, so an interruption while they (or a caller's plots) are written costs no retraining. Outputs in ``out_dir``: ``model.pt`` (final
 weights, architecture and config), ``budget.json`` (:mod:`dko.budget`), ``curves.csv``. Every validation goes
 through :class:`dko.depth.collapse.CollapseMonitor` (``train.collapse_check``): a collapsed network raises
 :class:`dko.depth.collapse.TrainingCollapse` naming ``train.lr``, and no ``model.pt`` is written.
@@ -178,7 +179,8 @@ def validate(model: DepthNet, split: Split, meta: Mapping, device: Any, batch_si
 
 def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
                      on_metrics: Callable[[int, Mapping[str, float]], None] | None = None,
-                     device: str | torch.device | None = None, progress: bool = True) -> dict:
+                     device: str | torch.device | None = None, progress: bool = True,
+                     keep_checkpoint: bool = False) -> dict:
     """Train (or resume training of) the electronic DepthNet.
 
     Args:
@@ -189,9 +191,13 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             ``on_metrics(step, {"val_abs_rel", ...})`` after each validation.
         device: torch device; default ``resolve_device(cfg.device)``.
         progress: show a tqdm bar.
+        keep_checkpoint: keep the final checkpoint (written after the last step, before the outputs) for
+            the caller to remove once everything after training is done too (a workflow job: see
+            :meth:`dko.workflow.Job.remove_after_success`); a rerun finding it writes the outputs again
+            without training. False: removed once the outputs are written.
     Returns:
         ``{"steps", "resumed_from_step", "final_train_loss", "val": {metric: value}, "budget": {...},
-        "model_path"}``.
+        "model_path", "checkpoint"}`` (``checkpoint``: path of the kept final checkpoint, or None).
     """
     from tqdm import tqdm
 
@@ -227,6 +233,8 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
     curves: list[dict] = []
     loss_sum, loss_n = 0.0, 0
     start_step = 0
+    last_val: dict[str, float] = {}
+    last_loss = float("nan")
     key = run_key(cfg)
 
     ckpt_path = out_dir / CHECKPOINT_FILE
@@ -243,10 +251,10 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             loss_sum, loss_n = ckpt["loss_acc"]
             budget.load_state_dict(ckpt["budget"])
             start_step = int(ckpt["step"])
+            last_val, last_loss = dict(ckpt.get("last_val", {})), float(ckpt.get("last_loss", math.nan))
             log.info("resuming stage 1 from %s at step %d", ckpt_path, start_step)
 
-    budget.start()
-    if budget.flops_per_step is None:
+    if budget.flops_per_step is None:  # counted on a copy, before the clock starts (not charged)
         probe = copy.deepcopy(model)
         x = torch.zeros(tc.batch_size, 3, int(meta["height"]), int(meta["width"]), device=device)
         gt = torch.full((tc.batch_size, 1, int(meta["height"]), int(meta["width"])), 0.5 * (lo + hi), device=device)
@@ -257,20 +265,20 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
 
         budget.measure_flops(one_step)
         del probe
+    budget.start()
 
     def save_checkpoint(step: int) -> None:
         state = {
             "run_key": key, "step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(), "order": order.state_dict(), "aug_rng": aug_gen.get_state(),
             **global_rng_state(device), "curves": curves,
-            "loss_acc": (loss_sum, loss_n), "budget": budget.state_dict(),
+            "loss_acc": (loss_sum, loss_n), "budget": budget.state_dict(), "last_val": last_val,
+            "last_loss": last_loss,
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
         write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
 
-    last_val: dict[str, float] = {}
-    last_loss = float("nan")
     bar = tqdm(total=tc.steps, initial=start_step, desc="stage1", unit="step", disable=not progress,
                mininterval=2.0)
     for step in range(start_step, tc.steps):
@@ -311,7 +319,7 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
             monitor.check(done, done / tc.steps, last_val)  # raises TrainingCollapse before any model.pt
         if row:
             curves.append(row)
-        if done % tc.checkpoint_every == 0 and done < tc.steps:
+        if done % tc.checkpoint_every == 0 or done == tc.steps:  # the last one outlives the outputs below
             save_checkpoint(done)
     bar.close()
     budget.stop()
@@ -324,6 +332,8 @@ def train_electronic(cfg, data_dir: str | Path, out_dir: str | Path,
     budget.extra.update(batch_size=tc.batch_size, image_height=int(meta["height"]), image_width=int(meta["width"]),
                         resumed_from_step=start_step)
     summary = budget.write(out_dir / "budget.json")
-    ckpt_path.unlink(missing_ok=True)
+    if not keep_checkpoint:
+        ckpt_path.unlink(missing_ok=True)
     return {"steps": tc.steps, "resumed_from_step": start_step, "final_train_loss": last_loss, "val": last_val,
-            "budget": summary, "model_path": str(model_path)}
+            "budget": summary, "model_path": str(model_path),
+            "checkpoint": str(ckpt_path) if keep_checkpoint and ckpt_path.is_file() else None}

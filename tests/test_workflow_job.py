@@ -1,0 +1,70 @@
+"""dko.workflow.run_job with the real rule scripts: an interruption after training (Ctrl-C while plotting) costs
+no retraining, since the final checkpoint outlives everything the job does after training (issue 13)."""
+
+import json
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dko.config import resolve_config
+from dko.depth.checkpoint import load_depthnet
+from dko.depth.train import CHECKPOINT_FILE
+from tests.depth.conftest import write_row_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "seed": 3, "device": "cpu", "threads": 1, "tracking": {"enabled": False},
+    "data": {"height": 32, "width": 64, "n_train": 6, "n_val": 2, "n_test": 3},
+    "network": {"blocks_per_stage": [1, 1, 1, 1], "base_width": 4, "decoder_channels": [4, 4, 4, 8, 8]},
+    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 4, "log_every": 1,
+              "val_every": 3, "lr": 0.01},
+}
+
+
+class CtrlC(KeyboardInterrupt):
+    pass
+
+
+def _fake_snakemake(rule: str, config: dict, inputs: dict, outputs: dict, log: Path) -> SimpleNamespace:
+    return SimpleNamespace(rule=rule, config=config, input=SimpleNamespace(**inputs),
+                           output=SimpleNamespace(**outputs), params=SimpleNamespace(), wildcards={}, threads=1,
+                           log=[str(log)])
+
+
+def _run_script(name: str, smk: SimpleNamespace) -> None:
+    runpy.run_path(str(REPO / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": smk})
+
+
+def test_ctrl_c_while_plotting_after_stage1_costs_no_retraining(tmp_path, monkeypatch):
+    data = write_row_dataset(tmp_path / "data")
+    out = tmp_path / "stage1"
+    outputs = {"model": out / "model.pt", "budget": out / "budget.json", "curves": out / "curves.csv",
+               "plot": out / "curves.png"}
+    smk = _fake_snakemake("train_electronic", resolve_config(TINY), {"meta": data / "meta.json"},
+                          {k: str(v) for k, v in outputs.items()}, tmp_path / "train_electronic.log")
+
+    def interrupted(*args, **kwargs):
+        raise CtrlC
+
+    monkeypatch.setattr("dko.plots.plot_training_curves", interrupted)
+    with pytest.raises(CtrlC):
+        _run_script("train_electronic", smk)
+    assert (out / CHECKPOINT_FILE).is_file() and outputs["model"].is_file() and not outputs["plot"].exists()
+    trained, _ = load_depthnet(outputs["model"])
+    first_budget = json.loads(outputs["budget"].read_text())
+    for path in outputs.values():  # what Snakemake does with the outputs of an incomplete job before its rerun
+        path.unlink(missing_ok=True)
+    monkeypatch.undo()
+
+    _run_script("train_electronic", smk)
+    budget = json.loads(outputs["budget"].read_text())
+    assert budget["resumed_from_step"] == 6 and budget["segment_steps"] == 0 and budget["steps"] == 6
+    assert budget["segments"] == 2 and budget["flops_per_step"] == first_budget["flops_per_step"]
+    again, _ = load_depthnet(outputs["model"])
+    for (name, x), (_, y) in zip(trained.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert outputs["plot"].stat().st_size > 1000
+    assert not (out / CHECKPOINT_FILE).exists()  # removed once the job was done
