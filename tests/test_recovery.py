@@ -130,11 +130,16 @@ def test_make_run_recovers_after_kill_9(prepared, repo_root, venv_bin):
 def test_job_finished_after_sigterm_counts_as_done(prepared, repo_root, venv_bin):
     """SIGTERM to Snakemake: it waits for the running job, keeps its outputs, and the next run does not redo it."""
     tmp_path, cfg, exp = prepared
-    metrics = exp / "evaluate" / "mean" / "metrics.json"
+    # stage 1 (seconds, not the sub-second evaluate of a reference predictor): Snakemake handles the signal
+    # while the job still runs, whichever test ran before
+    model = exp / "stage1" / "model.pt"
+    job_log = exp / "logs" / "train_electronic.log"
+    job_log.unlink(missing_ok=True)
     log = tmp_path / "sigterm.log"
-    proc = _start(_snakemake_cmd(venv_bin, repo_root, cfg, "--", str(metrics)), repo_root, log)
+    proc = _start(_snakemake_cmd(venv_bin, repo_root, cfg, "--forcerun", "train_electronic", "--", str(model)),
+                  repo_root, log)
     try:
-        _wait_for(exp / "logs" / "evaluate_mean.log", proc, log)
+        _wait_for(job_log, proc, log)
         os.killpg(proc.pid, signal.SIGSTOP)  # the job cannot finish before Snakemake has the signal
         os.kill(proc.pid, signal.SIGTERM)  # `kill <pid of snakemake>`
         os.killpg(proc.pid, signal.SIGCONT)
@@ -144,9 +149,9 @@ def test_job_finished_after_sigterm_counts_as_done(prepared, repo_root, venv_bin
     out = log.read_text()
     assert rc != 0 and "At least one job did not complete successfully" in out  # Snakemake's wording
     graceful = out.index("Will exit after finishing currently running jobs")
-    assert graceful < out.index("Finished jobid: 0 (Rule: evaluate)"), out[-3000:]  # the job was in flight
-    assert metrics.is_file()
-    again = _run(_snakemake_cmd(venv_bin, repo_root, cfg, "-n", "--rerun-incomplete", "--", str(metrics)), repo_root)
+    assert graceful < out.index("Finished jobid: 0 (Rule: train_electronic)"), out[-3000:]  # the job was in flight
+    assert model.is_file()
+    again = _run(_snakemake_cmd(venv_bin, repo_root, cfg, "-n", "--rerun-incomplete", "--", str(model)), repo_root)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
 
 

@@ -13,15 +13,11 @@ from dko.config import resolve_config
 from dko.depth.checkpoint import load_depthnet
 from dko.depth.train import CHECKPOINT_FILE
 from tests.depth.conftest import write_row_dataset
+from tests.depth.test_train_resume import TINY as STAGE1_TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "seed": 3, "device": "cpu", "threads": 1, "tracking": {"enabled": False},
-    "data": {"height": 32, "width": 64, "n_train": 6, "n_val": 2, "n_test": 3},
-    "network": {"blocks_per_stage": [1, 1, 1, 1], "base_width": 4, "decoder_channels": [4, 4, 4, 8, 8]},
-    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 4, "log_every": 1,
-              "val_every": 3, "lr": 0.01},
-}
+TINY = {**STAGE1_TINY, "threads": 1, "tracking": {"enabled": False},
+        "train": {**STAGE1_TINY["train"], "checkpoint_every": 4}}
 
 
 class CtrlC(KeyboardInterrupt):
