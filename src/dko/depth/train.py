@@ -7,8 +7,9 @@ atomically writes ``out_dir/checkpoint.pt`` with the model, optimiser, scheduler
 (torch, numpy, python, data order, augmentation), the curves so far and the budget so far; a rerun
 with the same settings resumes from it and ends with the same weights as an uninterrupted run
 (bit-identical on the same device and thread count). The last checkpoint, after the final step, is written
-before the outputs, so an interruption while they (or a caller's plots) are written costs no retraining. Outputs in ``out_dir``: ``model.pt`` (final
-weights, architecture and config), ``budget.json`` (:mod:`dko.budget`), ``curves.csv``. Every validation goes
+before the outputs, so an interruption while they (or a caller's plots) are written costs no retraining.
+Outputs in ``out_dir``: ``model.pt`` (final weights, architecture and config), ``budget.json``
+(:mod:`dko.budget`), ``curves.csv``. Every validation goes
 through :class:`dko.depth.collapse.CollapseMonitor` (``train.collapse_check``): a collapsed network raises
 :class:`dko.depth.collapse.TrainingCollapse` naming ``train.lr``, and no ``model.pt`` is written.
 """
