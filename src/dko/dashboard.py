@@ -14,11 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from dko.config import Config, load_config
-from dko.tracking import artifacts_location, tracking_uri
+from dko.tracking import artifacts_location, probe_server, tracking_uri
 
 
 def server_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -43,17 +42,15 @@ def start_server(cfg: Config, port: int, host: str = "127.0.0.1", log_path: Path
 
 
 def wait_until_up(url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None) -> bool:
-    """Poll ``url``/health until it answers 200, the process dies, or the timeout passes."""
+    """Probe ``url``/health (:func:`dko.tracking.probe_server`) until it answers, the process dies, or the
+    timeout passes."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             return False
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.5)
+        if probe_server(url, timeout_s=2.0) is None:
+            return True
+        time.sleep(0.5)
     return False
 
 
