@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 REPORT ?= results/report.html
 TARGETS ?=
 
-.PHONY: install run test dry-run report dashboard clean-results
+.PHONY: install run test lint dry-run report dashboard clean-results
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ dry-run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Snakemake's linter on the default workflow and on a sweep (which adds rule compare_sweep); fails on any lint.
+LINT_CONFIGS ?= config/config.yaml config/seeds.yaml
+lint: $(STAMP)
+	@for cfg in $(LINT_CONFIGS); do \
+	  out=$$($(SNAKEMAKE) --lint --configfile $$cfg 2>&1); rc=$$?; \
+	  if [ $$rc -ne 0 ] || ! grep -q "Congratulations" <<<"$$out"; then echo "$$out"; echo "lint failed: $$cfg"; exit 1; fi; \
+	  echo "lint clean: $$cfg"; \
+	done
 
 # HTML report of a finished run (figures + captions from workflow/report/*.rst); needs pygments (installed).
 report: $(STAMP)

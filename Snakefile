@@ -11,9 +11,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+from dko.config import config_from_dict, deep_merge, load_yaml_file, parse_config_overrides, resolve_config
 import re
 
-from dko.config import config_from_dict, deep_merge, load_yaml_file, parse_config_overrides, resolve_config
 from dko.sweep import sweep_points
 
 # Validate (JSON Schema + semantic checks) before the DAG is built; config then holds every key.
@@ -34,29 +34,19 @@ try:
 except ValueError as _err:
     raise WorkflowError(f"invalid configuration: {_err}")
 
-# Every output path starts with EXP. Rules read config values ONLY through CONF(wildcards), e.g.
-#   params: settings=lambda wc: CONF(wc)["metaatoms"]
-# and call expand(..., allow_missing=True): in a sweep EXP holds the wildcard {point} and every
-# point has its own config. Rule files add their final outputs to TARGETS.
+# A job reads config only through its params (`config=JOB_CONFIG(rule)`: the keys dko.catalogue declares for it),
+# so a changed key reruns exactly the jobs that read it; dko.workflow.run_job enforces the declaration.
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
 if SWEEP:
-    EXP = f"{config['results_dir']}/{config['experiment']}/sweep/{{point}}"
 
     wildcard_constraints:
         point="|".join(re.escape(p) for p in SWEEP),
-
-else:
-    EXP = f"{config['results_dir']}/{config['experiment']}"
-TARGETS = []
-
-
-def CONF(wildcards=None):
-    """The resolved config (a dict) that applies to a job with these wildcards."""
-    if SWEEP:
-        return SWEEP[wildcards.point]
-    return config
-
-
-report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/data.smk"
@@ -64,14 +54,13 @@ include: "workflow/rules/stage1.smk"
 include: "workflow/rules/optics.smk"
 include: "workflow/rules/dko.smk"
 include: "workflow/rules/e2e.smk"
-# compare.smk stays LAST: it gathers every model that the files above add to EVAL_MODELS.
 include: "workflow/rules/compare.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(TARGETS, point=list(SWEEP)) if SWEEP else TARGETS,
+        ALL_TARGETS(),
 
 
 onstart:

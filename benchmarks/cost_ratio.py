@@ -15,7 +15,7 @@ its own; the subprocesses run one after the other. Measured, with the pipeline's
   decoder, depth loss, backward, Adam / AdamW) on a batch of ``--batch`` images of ``--height x --width``.
 
 For each: median step wall time, step CPU time, FLOPs per step (``torch.utils.flop_counter``: matmuls and
-convolutions; FFTs are not counted, so ``total_flops_per_step_est`` adds :func:`dko.stage2.psf_fft_flops`), peak RSS and the RSS after setup (imports, models, data) so the
+convolutions; FFTs are not counted, so ``total_flops_per_step_est`` adds :func:`dko.frontend.psf_fft_flops`), peak RSS and the RSS after setup (imports, models, data) so the
 increment of the optimisation itself is visible. The element count defaults to the paper's 64 x 3 x 2 = 384;
 the grid (``--n`` superpixels per side, default ``optics.n_superpixels`` of the config) is what this
 machine can hold. Prints the ratios E2E / DKO and writes ``cost_ratio.json``, ``cost_ratio.csv`` and
@@ -71,7 +71,7 @@ def worker(args) -> dict:
 
     from dko.budget import count_flops
     from dko.depth.model import DepthNet
-    from dko.kernels import extract_kernel_bank
+    from dko.frontend import extract_kernel_bank
 
     torch.set_num_threads(args.threads)
     cfg = _config(args)
@@ -82,7 +82,7 @@ def worker(args) -> dict:
     times, cpus = [], []
     if args.worker in ("dko_job", "dko_all"):
         from dko.dko import kernel_loss, optimize_designs
-        from dko.frontend import element_psfs, initial_designs, subset_bank
+        from dko.frontend import element_psfs, initial_designs
         from dko.optics.metaatoms import MetaAtomLibrary
         from dko.optics.psf import OpticalSystem
 
@@ -90,7 +90,7 @@ def worker(args) -> dict:
         bank = extract_kernel_bank(model, list(cfg.optics.wavelengths_m))
         if args.worker == "dko_job":
             keep = torch.nonzero(bank.out_channel < cfg.dko.shard_size).flatten()
-            bank = subset_bank(bank, keep)
+            bank = bank.subset(keep)
         bank = bank.to(device)
         system = OpticalSystem.from_config(cfg.optics)
         library = MetaAtomLibrary.default()
@@ -150,8 +150,8 @@ def worker(args) -> dict:
         # counted after the timed steps (no optimiser step: the models are not changed by it)
         flops = count_flops(lambda: e2e_step(model, front, [], images, depth, valid, cfg.train.si_lambda))
         n_elements = front.bank.n_elements
+    from dko.frontend import psf_fft_flops
     from dko.optics.psf import OpticalSystem
-    from dko.stage2 import psf_fft_flops
 
     fft = psf_fft_flops(OpticalSystem.from_config(cfg.optics), n_elements, 1)
     out = {"mode": args.worker, "n_elements": n_elements, "n_superpixels": cfg.optics.n_superpixels,

@@ -63,7 +63,7 @@ def fit_variant(cfg, bank, library, elements, steps: int) -> dict:
     import torch
 
     from dko.dko import fidelity_metrics, optimize_designs
-    from dko.frontend import design_radius, element_psfs, initial_designs, radius_psfs, subset_bank
+    from dko.frontend import design_radius, element_psfs, initial_designs, radius_psfs
     from dko.optics.psf import OpticalSystem, clear_caches
 
     clear_caches()
@@ -71,7 +71,7 @@ def fit_variant(cfg, bank, library, elements, steps: int) -> dict:
     d = cfg.dko
     distance = [cfg.optics.object_distances_m[0]]
     idx = torch.tensor([e for e in elements if e < bank.n_elements], dtype=torch.long)
-    sub = subset_bank(bank, idx)
+    sub = bank.subset(idx)
     p0 = initial_designs(bank, system, library, noise_std=d.init_noise_std, seed=cfg.seed,
                          parametrization=d.parametrization)[idx]
 
@@ -114,8 +114,8 @@ def main(argv=None) -> dict:
     from dko.config import config_from_dict, load_config
     from dko.depth.checkpoint import load_depthnet
     from dko.depth.losses import kernel_roughness
+    from dko.frontend import extract_kernel_bank
     from dko.io import write_json
-    from dko.kernels import extract_kernel_bank
     from dko.optics.metaatoms import MetaAtomLibrary
     from dko.tracking import log_benchmark
 

@@ -52,9 +52,8 @@ def main(argv=None) -> dict:
     from dko.depth.losses import multiscale_depth_loss
     from dko.depth.model import DepthNet
     from dko.dko import kernel_loss
-    from dko.frontend import element_psfs, initial_designs, subset_bank
+    from dko.frontend import element_psfs, extract_kernel_bank, initial_designs
     from dko.io import write_json
-    from dko.kernels import extract_kernel_bank
     from dko.optics.metaatoms import MetaAtomLibrary
     from dko.optics.psf import OpticalSystem, clear_caches
 
@@ -94,7 +93,7 @@ def main(argv=None) -> dict:
 
     # ---- stage 2: one element's DKO step at several grids, fitted by M^2 log2 M^2
     bank = extract_kernel_bank(DepthNet.from_config(cfg), list(cfg.optics.wavelengths_m))
-    one = subset_bank(bank, [0]).to(device)
+    one = bank.subset([0]).to(device)
     library = MetaAtomLibrary.default()
     grid_rows = []
     for n in args.grids:

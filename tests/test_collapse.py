@@ -21,7 +21,7 @@ def _split(n=4, h=8, w=12, seed=0):
 
 
 def _validate(monitor, split, predict, step, fraction):
-    """What dko.depth.train.validate does with the monitor: one pass of evaluate_predictor over the split."""
+    """What dko.depth.trainer.validate does with the monitor: one pass of evaluate_predictor over the split."""
     seen = {"i": 0}
 
     def by_index(images):

@@ -134,12 +134,13 @@ def test_scratch_kill_and_resume_matches_uninterrupted(setup, tmp_path):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     fa, fb = load_frontend(tmp_path / "full" / "frontend.npz"), load_frontend(tmp_path / "resumed" / "frontend.npz")
-    assert (fa.radius_m == fb.radius_m).all() and (fa.gains == fb.gains).all() and (fa.bias == fb.bias).all()
+    assert (fa.radius_m == fb.radius_m).all() and (fa.gains == fb.gains).all()
+    assert torch.equal(fa.bank.bias, fb.bank.bias)
     # scratch learns the electronic gains: they differ from the untrained conv1's split
     _, front0 = build_e2e(cfg, "scratch", meta={"min_depth_m": 1.0, "max_depth_m": 80.0})
     assert fa.n_elements == 4 * 3 * 2 and "UNTRAINED" in fa.info["targets"]
-    assert abs(fa.kernel_gains - front0.kernel_gains.detach().numpy()).max() > 0
-    assert abs(fa.bias - front0.bias.detach().numpy()).max() > 0
+    assert abs(fa.bank.gains - front0.kernel_gains.detach()).max() > 0
+    assert abs(fa.bank.bias - front0.bias.detach()).max() > 0
     assert json.loads((tmp_path / "resumed" / "budget.json").read_text())["segments"] == 2
 
 
@@ -155,6 +156,23 @@ def test_time_budget_stops_at_the_limit(setup, tmp_path):
     assert budget["wall_s"] == pytest.approx(budget["train_wall_s"] + budget["val_wall_s"], rel=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["optics", "scratch"])
+def test_a_time_budget_job_reads_exactly_its_declared_keys(setup, tmp_path, variant):
+    """Under the workflow's view of the config (dko.catalogue's declaration for a time budget, where the smoke
+    run has a steps budget), training reads every declared key and no other."""
+    from dko.catalogue import job_config_keys
+    from dko.config import restrict_config
+
+    root, data, stage1 = setup
+    cfg = _cfg(budget="time", budget_basis="wall", n_val=1, max_steps=3)
+    declared = job_config_keys("train_e2e", {"variant": variant}, cfg)
+    view, reads = restrict_config(cfg, declared, job=f"train_e2e[{variant}]")
+    train_e2e(view, variant, data, tmp_path / variant, stage1_model=stage1, library_path=None,
+              stage1_budget={"wall_s": 0.3, "cpu_s": 9.0}, dko_budget={"wall_s": 0.3, "cpu_s": 9.0}, progress=False)
+    unread = [d for d in declared if not any(k == d or k.startswith(d + ".") for k in reads.read)]
+    assert not unread and "e2e.steps" not in reads.read and "e2e.budget_scale" in reads.read
+
+
 def test_non_finite_loss_is_reported(setup):
     root, data, stage1 = setup
     cfg = _cfg()
@@ -167,7 +185,7 @@ def test_non_finite_loss_is_reported(setup):
 
 
 def test_e2e_models_evaluate_with_and_without_noise(setup, tmp_path):
-    from dko.depth.evaluate import evaluate_model
+    from dko.catalogue import evaluate_model
 
     root, data, stage1 = setup
     cfg = _cfg(steps=1, n_val=1)
@@ -196,3 +214,23 @@ def test_kept_final_checkpoint_rewrites_the_outputs_without_training(setup, tmp_
     assert again["budget"]["segment_steps"] == 0 and again["val"] == first["val"] and again["checkpoint"] is None
     assert (load_frontend(out / "frontend.npz").radius_m == radius).all()
     assert not (out / CHECKPOINT_FILE).exists()
+
+
+def test_run_key_per_variant_and_plan_ignoring_bookkeeping():
+    from dko.e2e import run_key
+
+    cfg = _cfg()
+    plan = budget_plan(cfg, "optics")
+    key = run_key(cfg, "optics", plan)
+    assert run_key(_cfg(log_every=3, checkpoint_every=5, variants=["scratch"]), "optics", plan) == key
+    assert run_key(cfg, "scratch", plan) != key
+    assert run_key(_cfg(lr_optics=0.01), "optics", plan) != key
+    assert run_key(cfg, "optics", {**plan, "limit": 5}) != key
+
+
+@pytest.mark.parametrize("key, value", [("budget", "flops"), ("budget_basis", "gpu"), ("optics_budget", "stage1"),
+                                        ("schedule", "step")])
+def test_budget_and_schedule_names_are_the_schemas_to_refuse(key, value):
+    """budget_plan / lr_factor do not re-check these names: the schema refuses them, naming the key."""
+    with pytest.raises(ValueError, match=rf"e2e\.{key}"):
+        _cfg(**{key: value})

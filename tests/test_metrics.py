@@ -104,3 +104,16 @@ def test_perfect_prediction(gt):
     m = evaluate_depth_maps([gt], [gt.copy()], "synthetic", 1.0, 80.0)["metrics"]
     assert m["abs_rel"] == m["sq_rel"] == m["rmse"] == m["rmse_log"] == 0.0
     assert m["a1"] == m["a2"] == m["a3"] == 1.0
+
+
+def test_training_mask_is_inclusive_and_the_same_for_numpy_and_torch():
+    import torch
+
+    from dko.metrics import training_mask
+
+    depth = np.array([[0.0, 1.0, 5.0, 80.0, 80.5, -1.0]], np.float32)
+    expected = np.array([[False, True, True, True, False, False]])
+    assert (training_mask(depth, 1.0, 80.0) == expected).all()
+    assert torch.equal(training_mask(torch.from_numpy(depth), 1.0, 80.0), torch.from_numpy(expected))
+    # zero (no measurement) stays out even where min_depth_m allows it
+    assert not training_mask(np.zeros(1), 0.0, 1.0).any()

@@ -34,7 +34,7 @@ def _died(proc: subprocess.CompletedProcess, what: str) -> str:
             f"relative of it. stderr tail:\n{proc.stderr[-3000:]}")
 
 
-@pytest.mark.parametrize("module", ["dko.depth.model", "dko.depth.train", "dko.e2e", "dko.opto_layer"])
+@pytest.mark.parametrize("module", ["dko.depth.model", "dko.depth.train", "dko.e2e", "dko.frontend.layer"])
 def test_importing_a_convolution_module_with_one_thread_turns_onednn_off(module):
     proc = _python(f"import torch; torch.set_num_threads(1); import {module}; print(torch.backends.mkldnn.enabled)")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,14 +9,11 @@ import pytest
 import torch
 
 from dko.config import config_from_dict
-from dko.frontend import initial_designs, load_frontend
-from dko.kernels import shards
-from dko.opto_layer import build_kernel_bank, ideal_psfs
+from dko.frontend import build_kernel_bank, evaluation_distances, ideal_psfs, initial_designs, load_frontend, shards
 from dko.optics.metaatoms import MetaAtomLibrary
 from dko.optics.psf import OpticalSystem
-from dko.stage2 import (aggregate_budgets, assemble_frontend, element_pitch_m, evaluation_distances, fidelity_table,
-                        load_shard, n_shards, optimization_distances, optimize_shard, summarize_fidelity,
-                        write_frontend_gds)
+from dko.stage2 import (aggregate_budgets, assemble_frontend, fidelity_table, load_shard, optimize_shard,
+                        summarize_fidelity, write_frontend_gds)
 
 torch.set_num_threads(2)
 WLS = [6.4e-7, 5.5e-7, 4.6e-7]
@@ -44,17 +41,10 @@ def bank():
     return build_kernel_bank(w, 0.45, 0.225, WLS, stride=2)
 
 
-def test_distances_shards_and_pitch(tmp_path):
-    cfg = _cfg(tmp_path)
-    assert optimization_distances(cfg) == [10.0]
-    assert evaluation_distances(cfg) == [10.0, 1.0, None]  # design first, then ascending, infinity last
-    multi = _cfg(tmp_path, distance_mode="multi")
-    assert optimization_distances(multi) == [10.0, 2.0]
-    assert evaluation_distances(multi) == [10.0, 2.0, 1.0, None]
+def test_n_shards():
+    from dko.catalogue import n_shards
+
     assert n_shards(16, 4) == 4 and n_shards(16, 5) == 4 and n_shards(3, 8) == 1
-    # null pitch: the larger of the aperture (28.8 um) and one element's image (320 px x 2.74 um)
-    assert element_pitch_m(cfg) == pytest.approx(320 * 2.74e-6)
-    assert element_pitch_m(_cfg(tmp_path, element_pitch_m=1e-3)) == 1e-3
 
 
 def test_fidelity_of_perfect_psfs(bank):
@@ -111,9 +101,9 @@ def test_shards_assemble_and_gds(tmp_path, bank, library):
     fe = load_frontend(out_dir / "frontend.npz")
     dists = evaluation_distances(cfg)
     assert fe.psfs.shape == (len(dists), bank.n_elements, 15, 15) and fe.distances == dists
-    assert np.allclose(fe.kernel_gains, bank.gains.numpy())
+    assert torch.equal(fe.bank.gains, bank.gains) and torch.equal(fe.bank.targets, bank.targets)
     # gain_calibration=total: gain x PSF sum = kernel gain at the design distance
-    assert np.allclose(fe.gains * fe.psfs[0].sum(axis=(-2, -1)), fe.kernel_gains, rtol=1e-4)
+    assert np.allclose(fe.gains * fe.psfs[0].sum(axis=(-2, -1)), fe.bank.gains.numpy(), rtol=1e-4)
     radii = fe.radius_m
     assert radii.min() >= library.radius_min_m * (1 - 1e-6) and radii.max() <= library.radius_max_m * (1 + 1e-6)
     with open(out_dir / "fidelity.csv") as fh:
@@ -165,3 +155,23 @@ def test_kept_final_checkpoint_rewrites_the_shard_without_another_step(tmp_path,
     assert again["steps"] == 6 and again["segment_steps"] == 0 and again["segments"] == 2
     assert again["wall_s"] >= first["wall_s"] * 0.9  # the earlier segment's time, carried over
     assert torch.equal(load_shard(out)["design"], design) and not ckpt.exists()
+
+
+def test_shard_run_key_ignores_bookkeeping_but_not_what_the_fit_depends_on(tmp_path, bank):
+    from dko.stage2 import shard_run_key
+
+    idx = shards(bank, 1)[0]
+    key = shard_run_key(_cfg(tmp_path), bank, idx)
+    # a longer run continues; output-only settings and the results folder (an execution key) do not count
+    assert shard_run_key(_cfg(tmp_path / "elsewhere", steps=60, log_every=3, gain_calibration="none"), bank, idx) == key
+    assert shard_run_key(_cfg(tmp_path, lr=0.01), bank, idx) != key
+    assert shard_run_key(_cfg(tmp_path), bank, shards(bank, 1)[1]) != key
+    assert shard_run_key(_cfg(tmp_path), bank.replace(targets=bank.targets * 2), idx) != key
+    # the meta-atom table: its settings are not in the shard's config view, its content is hashed
+    from dko.optics.metaatoms import MetaAtomLibrary
+
+    library = MetaAtomLibrary.default()
+    with_table = shard_run_key(_cfg(tmp_path), bank, idx, library)
+    assert with_table != key and shard_run_key(_cfg(tmp_path), bank, idx, library) == with_table
+    library.table = library.table * 0.5
+    assert shard_run_key(_cfg(tmp_path), bank, idx, library) != with_table

@@ -251,3 +251,83 @@ def test_tracking_resumes_with_the_server_and_stops_when_it_goes(tmp_path, caplo
     finish_pipeline(cfg)
     assert later.failed and len(_tracking_warnings(caplog)) == 2  # the job's one warning, the parent left open
     assert time.monotonic() - started < 30
+
+
+# ----------------------------------------------------------------------------- dashboard: experiment kind, parent metrics
+def test_new_experiment_opens_on_its_runs_in_the_ui(tmp_path):
+    """MLflow 3's UI shows an untagged experiment as GenAI (overview of traces); the tag selects the runs table."""
+    from dko.tracking import EXPERIMENT_KIND_TAG
+
+    cfg = _cfg(tmp_path)
+    start_pipeline(cfg)
+    _, experiment, _ = _runs(cfg)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_existing_untagged_experiment_gets_the_kind_and_a_chosen_kind_stays(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dko.tracking import EXPERIMENT_KIND_TAG
+
+    cfg = _cfg(tmp_path)
+    (tmp_path / "results").mkdir()
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    old = client.create_experiment("trk")  # as written before the tag existed
+    other = config_from_dict({"experiment": "chosen", "results_dir": str(tmp_path / "results")})
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert start_pipeline(cfg)["experiment_id"] == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    start_pipeline(other)
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_find_experiment_creates_nothing_and_tags_an_old_experiment(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dko.tracking import EXPERIMENT_KIND_TAG, find_experiment
+
+    cfg = _cfg(tmp_path)
+    assert find_experiment(cfg) is None
+    assert not (tmp_path / "results" / "mlflow.db").exists()  # no store created by looking
+    (tmp_path / "results").mkdir()
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    client.create_experiment("another")
+    assert find_experiment(cfg) is None  # a store without the experiment
+    old = client.create_experiment("trk")
+    assert find_experiment(cfg) == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    with pytest.raises(ValueError, match="tracking.uri"):
+        find_experiment(_cfg(tmp_path, uri="http://127.0.0.1:9"))
+
+
+def test_compare_job_logs_the_headline_on_the_parent_run(tmp_path):
+    """The headline ratios and per-model numbers land on the invocation's parent row; sweep points by prefix."""
+    import math
+
+    import numpy as np
+
+    cfg = _cfg(tmp_path)
+    state = start_pipeline(cfg)
+    tracker = JobTracker(cfg, rule="compare")
+    assert tracker.parent_run_id == state["parent_run_id"]
+    headline = {"e2e_over_dko_abs_rel": 1.25, "e2e_optics_over_dko_wall_s": np.float64(3.5), "dko_abs_rel": 0.2,
+                "not_a_number": math.nan, "text": "n/a"}
+    tracker.log_metrics(headline)
+    tracker.log_parent_metrics(headline)
+    tracker.log_parent_metrics({"e2e_over_dko_abs_rel": 0.5}, prefix="seed~1__optics.f_m~1e+01/")
+    tracker.close()
+    finish_pipeline(cfg)
+    assert not tracker.failed, tracker.errors
+    client, _, runs = _runs(cfg)
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.metrics == {"e2e_over_dko_abs_rel": 1.25, "e2e_optics_over_dko_wall_s": 3.5,
+                                   "dko_abs_rel": 0.2, "seed_1__optics.f_m_1e_01/e2e_over_dko_abs_rel": 0.5}
+    child = client.get_run(tracker.run_id)
+    assert set(child.data.metrics) == {"e2e_over_dko_abs_rel", "e2e_optics_over_dko_wall_s", "dko_abs_rel"}
+
+
+def test_parent_metrics_without_tracking_do_nothing(tmp_path):
+    tracker = JobTracker.disabled()
+    tracker.log_parent_metrics({"a": 1.0})
+    assert tracker.parent_run_id is None and not tracker.failed

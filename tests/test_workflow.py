@@ -1,5 +1,6 @@
 """The whole pipeline end to end on config/smoke.yaml (in a temporary results folder)."""
 
+import copy
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -180,3 +181,160 @@ def test_report_builds(smoke_run, repo_root, venv_bin):
     assert report.stat().st_size > 100_000
     for name in ("summary.csv", "budget_curves.png", "stage_costs.png", "depth_maps.png", "psf_kernels.png"):
         assert name in html, name
+
+
+# ----------------------------------------------------------------------------- exact reruns (issue 11)
+_READ_LINE = "config keys read: "
+
+
+def _keys_read(log_path: Path) -> set[str]:
+    """The keys a job logged as read (dko.workflow.run_job's last 'config keys read' line)."""
+    lines = [line for line in log_path.read_text().splitlines() if _READ_LINE in line]
+    assert lines, f"{log_path} has no '{_READ_LINE}' line"
+    text = lines[-1].split(_READ_LINE, 1)[1].strip()
+    return set() if text == "none" else set(text.split(", "))
+
+
+def _summary(venv_bin: Path, repo_root: Path, cfg_path: Path, *targets: str) -> list[dict]:
+    """``snakemake --summary`` rows (output_file, rule, log-file(s), status, ...) of the config's DAG."""
+    proc = _snakemake(venv_bin, repo_root, "--summary", *targets, "--configfile", str(cfg_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
+    header, rows = lines[0], lines[1:]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def _jobs_with_changed_params(venv_bin: Path, repo_root: Path, cfg_path: Path, *targets: str,
+                              name=lambda log: log.stem) -> set[str]:
+    """The jobs (named by ``name(log file)``) whose params changed, as Snakemake's default rerun triggers see them.
+
+    Snakemake reports one reason per job: ``--summary`` says "params changed" unless the set of input files changed
+    too (then it says only that); a dry run says "Params have changed" unless the job's inputs are updated by
+    another job. So both are read. (``--list-changes params`` is no help: Snakemake 9.27 lists one output of every
+    job there, changed or not.)
+    """
+    rows = _summary(venv_bin, repo_root, cfg_path, *targets)
+    jobs = {name(Path(row["log-file(s)"])) for row in rows if row["status"] == "params changed"}
+    if not any(row["status"] == "set of input files changed" for row in rows):
+        return jobs
+    proc = _snakemake(venv_bin, repo_root, "-n", *targets, "--configfile", str(cfg_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        text = line.strip()
+        if text.startswith(("rule ", "localrule ")):
+            log = None
+        elif text.startswith("log: "):
+            log = Path(text[5:].split(" ")[0].rstrip(","))
+        elif text.startswith("reason: ") and "Params have changed since last execution" in text:
+            assert log is not None, f"a job with changed params but no log: {text[:200]}"
+            jobs.add(name(log))
+    return jobs
+
+
+def _changed(raw: dict, key: str, value) -> dict:
+    out = copy.deepcopy(raw)
+    *sections, leaf = key.split(".")
+    node = out
+    for name in sections:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+    return out
+
+
+def _rule_and_wildcards(log_stem: str) -> tuple[str, dict]:
+    for rule, wildcard in (("evaluate", "model"), ("train_e2e", "variant"), ("optimize_metasurface", "shard")):
+        if log_stem.startswith(rule + "_"):
+            return rule, {wildcard: log_stem[len(rule) + 1:]}
+    return log_stem, {}
+
+
+def test_every_job_read_what_it_declares(smoke_run):
+    """Each job logged the keys it read: exactly the keys dko.catalogue declares for it under this config
+    (run_job fails on an undeclared read; a declared key never read would rerun the job for nothing)."""
+    from dko.catalogue import job_config_keys
+    from dko.config import load_config
+
+    tmp_path, cfg_path, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config(cfg_path)
+    logs = sorted((tmp_path / "results" / "smoke" / "logs").glob("*.log"))
+    assert len(logs) == 21, [p.name for p in logs]  # every job but `all`
+    for log_path in logs:
+        rule, wildcards = _rule_and_wildcards(log_path.stem)
+        declared = job_config_keys(rule, wildcards, cfg)
+        read = _keys_read(log_path)
+        leaves = {k for k in read if any(k == d or k.startswith(d + ".") for d in declared)}
+        assert leaves == read, f"{log_path.stem} read undeclared {sorted(read - leaves)}"
+        unread = [d for d in declared if not any(k == d or k.startswith(d + ".") for k in read)]
+        assert not unread, f"{log_path.stem} declares but never reads {unread}"
+
+
+# (key, new value): keys from every config section, and execution keys (a change reruns nothing)
+RERUN_CASES = [
+    ("seed", 5), ("data.n_train", 12), ("network.norm_std", 0.3), ("train.lr", 2e-3),
+    ("train.log_every", 4), ("eval.n_figure_images", 1), ("optics.superpixel_m", 1.5e-6),
+    ("optics.wavelengths_m", [6.3e-7, 5.5e-7, 4.6e-7]), ("metaatoms.pillar_height_m", 6.5e-7),
+    ("sensor.read_noise_e", 4.0), ("dko.gds_radius_step_m", 2e-9), ("dko.lr", 0.4), ("dko.fidelity_distances_m", [2.0]),
+    ("e2e.lr_optics", 0.2), ("e2e.lr_optics_scratch", 0.9), ("e2e.variants", ["optics"]),
+    ("e2e.budget_scale", 2.0),  # read only with e2e.budget time (dko.catalogue.CONDITIONAL_READS); smoke: steps
+    ("threads", 1), ("device", "cpu"), ("tracking.enabled", False), ("data.workers", 2),
+]
+UNREAD_IN_SMOKE = {"e2e.budget_scale"}
+
+
+def test_a_changed_key_reruns_exactly_the_jobs_that_read_it(smoke_run, repo_root, venv_bin):
+    """On the finished smoke run, changing one key changes the params (a default rerun trigger) of exactly the
+    jobs that logged reading that key: no more, no fewer. (Jobs downstream of them rerun too, as their inputs change.)"""
+    from dko.config import is_execution_key
+
+    tmp_path, cfg_path, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted((tmp_path / "results" / "smoke" / "logs").glob("*.log"))
+    reads = {p.stem: _keys_read(p) for p in logs}
+    raw = yaml.safe_load(cfg_path.read_text())
+    rows = _summary(venv_bin, repo_root, cfg_path)
+    assert {row["status"] for row in rows} == {"ok"}, sorted({row["status"] for row in rows})
+    for key, value in RERUN_CASES:
+        path = tmp_path / f"changed_{key}.yaml"
+        path.write_text(yaml.safe_dump(_changed(raw, key, value)))
+        expected = {job for job, keys in reads.items() if key in keys}
+        got = _jobs_with_changed_params(venv_bin, repo_root, path)
+        assert got == expected, f"{key}: reruns {sorted(got)}, but the jobs reading it are {sorted(expected)}"
+        if not is_execution_key(key) and key not in UNREAD_IN_SMOKE:
+            assert expected, f"{key}: no job read it in the smoke run; pick a key that some job reads"
+
+
+def test_a_changed_key_inside_a_sweep_reruns_exactly_the_jobs_that_read_it(tmp_path, repo_root, venv_bin):
+    """The same inside sweep points: the early stages of a two-point sweep, then one key changed at a time."""
+    cfg_path = _smoke_config(tmp_path, repo_root, experiment="sweepreruns", sweep={"grid": {"seed": [0, 1]}},
+                             tracking={"enabled": False})
+    exp = tmp_path / "results" / "sweepreruns" / "sweep"
+    targets = [str(exp / f"seed~{s}" / f) for s in (0, 1) for f in ("stage1/model.pt", "metaatoms/library.npz")]
+    proc = _snakemake(venv_bin, repo_root, "--cores", "2", *targets, "--configfile", str(cfg_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = sorted(exp.glob("*/logs/*.log"))
+    reads = {f"{p.parents[1].name}/{p.stem}": _keys_read(p) for p in logs}
+    assert len(reads) == 6, sorted(reads)  # prepare_dataset, train_electronic, metaatom_library per point
+    raw = yaml.safe_load(cfg_path.read_text())
+
+    assert {row["status"] for row in _summary(venv_bin, repo_root, cfg_path, *targets)} == {"ok"}
+
+    def changed_jobs(path: Path) -> set[str]:
+        return _jobs_with_changed_params(venv_bin, repo_root, path, *targets,
+                                         name=lambda log: f"{log.parents[1].name}/{log.stem}")
+
+    for key, value in [("train.lr", 2e-3), ("data.n_train", 12), ("metaatoms.pillar_height_m", 6.5e-7), ("dko.lr", 0.4)]:
+        path = tmp_path / f"changed_{key}.yaml"
+        path.write_text(yaml.safe_dump(_changed(raw, key, value)))
+        expected = {job for job, keys in reads.items() if key in keys}
+        assert changed_jobs(path) == expected, key
+    assert len({job for job, keys in reads.items() if "train.lr" in keys}) == 2  # both points' stage 1
+
+
+def test_snakemake_lint_is_clean(repo_root, venv_bin):
+    """`make lint` (run by .ci/run): Snakemake's linter finds nothing in the default workflow nor in a sweep."""
+    proc = subprocess.run(["make", "lint", f"SNAKEMAKE={venv_bin / 'snakemake'}"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("lint clean") == 2

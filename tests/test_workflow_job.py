@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dko.config import resolve_config
+from dko.catalogue import job_config_keys
+from dko.config import config_from_dict, declared_config, resolve_config
 from dko.depth.checkpoint import load_depthnet
 from dko.depth.train import CHECKPOINT_FILE
 from tests.depth.conftest import write_row_dataset
@@ -24,10 +25,12 @@ class CtrlC(KeyboardInterrupt):
     pass
 
 
-def _fake_snakemake(rule: str, config: dict, inputs: dict, outputs: dict, log: Path) -> SimpleNamespace:
+def _fake_snakemake(rule: str, config: dict, inputs: dict, outputs: dict, log: Path,
+                    wildcards: dict | None = None) -> SimpleNamespace:
+    params = SimpleNamespace(config=declared_config(config, job_config_keys(rule, wildcards, config_from_dict(config))))
     return SimpleNamespace(rule=rule, config=config, input=SimpleNamespace(**inputs),
-                           output=SimpleNamespace(**outputs), params=SimpleNamespace(), wildcards={}, threads=1,
-                           log=[str(log)])
+                           output=SimpleNamespace(**outputs), params=params, wildcards=dict(wildcards or {}),
+                           threads=1, log=[str(log)])
 
 
 def _run_script(name: str, smk: SimpleNamespace) -> None:

@@ -8,11 +8,11 @@ see :func:`required_files`):
   training curves ``stage1/curves.csv``, ``e2e/<variant>/curves.csv`` (``step, wall_s, cpu_s, ..., val_abs_rel``);
 - ``dko/frontend.npz`` (realised PSFs and their kernel targets) for the PSF-vs-kernel figure.
 
-Model names encode what a model is: ``<method>[_<variant>][_noisy]`` with method ``electronic`` (stage 1),
-``dko`` (stage 1 + stage 2), ``e2e`` (variant ``optics``: stage-1 back-end frozen, so it depends on stage 1
-too; ``scratch``: optics and back-end trained jointly), or a reference predictor (``mean``, ``rowmean``).
-A model's training cost is the sum of the stages it depends on (:func:`model_info`). Only the models
-listed (the workflow's ``EVAL_MODELS``) are collected, so a config that disables a stage simply has
+What a model is (method, variant, noise, the training stages it depends on) comes from the model catalogue
+(:data:`dko.catalogue.MODELS`): ``electronic`` (stage 1), ``dko*`` (stage 1 + stage 2), ``e2e_optics*`` (stage-1
+back-end frozen, so stage 1 + its E2E stage), ``e2e_scratch*`` (its E2E stage), the references ``mean`` and
+``rowmean``. A model's training cost is the sum of the stages it depends on. Only the models listed (the
+configuration's :func:`dko.catalogue.evaluated_models`) are collected, so a config that disables a stage simply has
 fewer rows.
 
 :func:`summarize` builds the table (one row per model, variant, seed and noise setting),
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from dko import catalogue
+from dko.catalogue import Model
 from dko.io import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -39,68 +40,32 @@ log = logging.getLogger(__name__)
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 COSTS = ("train_s", "train_cpu_s", "peak_mem_mb", "flops")
 STAGE_NAMES = {"stage1": "stage 1 (electronic CNN)", "dko": "stage 2 (DKO)"}
-REFERENCE_MODELS = ("mean", "rowmean")
 # Keys of an E2E budget.json that may name what its budget was matched on (wall, cpu or steps).
 BUDGET_BASIS_KEYS = ("budget_basis", "basis", "budget_mode", "budget_kind")
 
 
 # ----------------------------------------------------------------------------- models and files
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model name says: method, variant, noise setting and the budget stages it depends on."""
-
-    model: str
-    method: str
-    variant: str
-    noise: str
-    stages: tuple[str, ...]
-
-
-def model_info(name: str) -> ModelInfo:
-    """Parse ``<method>[_<variant>][_noisy]`` (see the module docstring)."""
-    if not name or not all(part for part in name.split("_")):
-        raise ValueError(f"model name '{name}' is empty or has an empty part")
-    tokens = name.split("_")
-    noise = "noisy" if "noisy" in tokens[1:] else "clean"
-    rest = [t for i, t in enumerate(tokens) if not (i > 0 and t == "noisy")]
-    method, variant = rest[0], "_".join(rest[1:])
-    if name in REFERENCE_MODELS:
-        return ModelInfo(name, "reference", name, "clean", ())
-    if method == "electronic":
-        stages: tuple[str, ...] = ("stage1",)
-    elif method == "dko":
-        stages = ("stage1", "dko")
-    elif method == "e2e":
-        if not variant:
-            raise ValueError(f"model name '{name}': an e2e model needs its variant (e2e_optics, e2e_scratch, ...)")
-        base = variant.split("_")[0]
-        stages = (("stage1",) if base == "optics" else ()) + (f"e2e/{base}",)
-    else:
-        log.warning("model '%s' has no known method; it is listed without training costs", name)
-        stages = ()
-    return ModelInfo(name, method, variant, noise, stages)
+def model_info(name: str) -> Model:
+    """The catalogue entry of model ``name`` (method, variant, noise, the stages it depends on)."""
+    return catalogue.model(name)
 
 
 def budget_file(stage: str) -> str:
     """``stage1/budget.json``, ``dko/budget.json``, ``e2e/<variant>/budget.json`` (relative paths)."""
-    return f"{stage}/budget.json"
+    return catalogue.STAGES[stage].budget_file
 
 
 def required_files(models: Sequence[str]) -> dict[str, list[str]]:
     """Files (relative to the experiment folder) that the comparison of ``models`` reads, by kind."""
     infos = [model_info(m) for m in models]
-    stages = sorted({s for info in infos for s in info.stages}, key=_stage_order)
+    stages = catalogue.model_stages(models)
     return {
         "metrics": [f"evaluate/{m}/metrics.json" for m in models],
         "examples": [f"evaluate/{m}/examples.npz" for m in models],
         "budgets": [budget_file(s) for s in stages],
-        "curves": [f"{s}/curves.csv" for s in stages if s.startswith("e2e/")],
+        "curves": [catalogue.STAGES[s].curves_file for s in stages if s.startswith("e2e/")],
         "frontend": ["dko/frontend.npz"] if any(i.method == "dko" for i in infos) else [],
     }
-
-
-def _stage_order(stage: str) -> tuple[int, str]:
-    return ({"stage1": 0, "dko": 1}.get(stage, 2), stage)
 
 
 # ----------------------------------------------------------------------------- costs
@@ -159,12 +124,12 @@ def load_stage_costs(exp_dir: str | Path, stages: Iterable[str]) -> dict[str, di
 
 def stage_costs(costs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per stage (wall / CPU seconds, steps, time per step, peak memory, FLOPs)."""
-    rows = [{"stage": s, **{k: v for k, v in c.items()}} for s, c in sorted(costs.items(), key=lambda kv: _stage_order(kv[0]))]
+    rows = [{"stage": s, **{k: v for k, v in c.items()}} for s, c in sorted(costs.items(), key=lambda kv: catalogue.stage_order(kv[0]))]
     return pd.DataFrame(rows, columns=["stage", "wall_s", "cpu_s", "steps", "step_wall_s", "step_cpu_s", "peak_mem_mb",
                                        "mem_kind", "flops_per_step", "flops", "device", "budget_basis"])
 
 
-def _model_costs(info: ModelInfo, costs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _model_costs(info: Model, costs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     own = [costs[s] for s in info.stages]
     if not own:
         return {"stages": "", "train_s": math.nan, "train_cpu_s": math.nan, "peak_mem_mb": math.nan, "mem_kind": "",
@@ -193,27 +158,27 @@ def summarize(exp_dir: str | Path, models: Sequence[str], seed: int) -> tuple[pd
 
     Args:
         exp_dir: ``<results_dir>/<experiment>`` (or a sweep point's folder).
-        models: model names to collect (the workflow's ``EVAL_MODELS``); each needs its metrics.json.
+        models: model names to collect (dko.catalogue.evaluated_models); each needs its metrics.json.
         seed: the run's seed (a column, for sweeps over seeds).
     Returns:
         ``(summary, stage costs)``: one row per model (:data:`SUMMARY_COLUMNS`), one row per stage.
     """
     exp_dir = Path(exp_dir)
     if not models:
-        raise ValueError("no models to compare (the workflow's EVAL_MODELS is empty)")
+        raise ValueError("no models to compare (dko.catalogue.evaluated_models gave none)")
     if len(set(models)) != len(models):
         raise ValueError(f"models to compare contain duplicates: {list(models)}")
     infos = [model_info(m) for m in models]
-    stages = sorted({s for i in infos for s in i.stages}, key=_stage_order)
+    stages = catalogue.model_stages(models)
     costs = load_stage_costs(exp_dir, stages)
     rows = []
     for info in infos:
-        result = read_json(exp_dir / "evaluate" / info.model / "metrics.json")
+        result = read_json(exp_dir / "evaluate" / info.name / "metrics.json")
         metrics = result.get("metrics") or {}
         missing = [m for m in METRICS if m not in metrics]
         if missing:
-            raise ValueError(f"file '{exp_dir / 'evaluate' / info.model / 'metrics.json'}' lacks metrics {missing}")
-        row: dict[str, Any] = {"model": info.model, "method": info.method, "variant": info.variant,
+            raise ValueError(f"file '{exp_dir / 'evaluate' / info.name / 'metrics.json'}' lacks metrics {missing}")
+        row: dict[str, Any] = {"model": info.name, "method": info.method, "variant": info.variant,
                                "noise": info.noise, "seed": int(seed), **{m: float(metrics[m]) for m in METRICS},
                                "n_images": result.get("n_images", math.nan)}
         row.update(_model_costs(info, costs))
@@ -256,6 +221,11 @@ def headline(summary: pd.DataFrame, costs: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _stage_prerequisites(stage: str) -> tuple[str, ...]:
+    """The stages that the catalogue's models trained in ``stage`` also depend on (e2e/optics: stage 1)."""
+    return next((m.stages for m in catalogue.MODELS.values() if stage in m.stages), (stage,))
+
+
 def curve_offsets(costs: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per E2E stage, the wall / CPU seconds of the stages it builds on (``e2e/optics``: stage 1), so that its
     curve starts where its prerequisites ended: ``{"e2e/optics": {"wall_s": ..., "cpu_s": ...}}``."""
@@ -263,7 +233,7 @@ def curve_offsets(costs: pd.DataFrame) -> dict[str, dict[str, float]]:
     out = {}
     for stage in by_stage.index:
         if str(stage).startswith("e2e/"):
-            before = [s for s in model_info("e2e_" + str(stage)[4:]).stages if s != stage]
+            before = [s for s in _stage_prerequisites(str(stage)) if s != stage]
             out[str(stage)] = {col: float(sum(by_stage.loc[s, col] for s in before if s in by_stage.index))
                                for col in ("wall_s", "cpu_s")}
     return out
@@ -399,7 +369,7 @@ def compare_experiment(exp_dir: str | Path, models: Sequence[str], seed: int, ou
 
     Args:
         exp_dir: the experiment (or sweep point) folder holding the stages' outputs.
-        models: models to collect (the workflow's ``EVAL_MODELS``).
+        models: models to collect (dko.catalogue.evaluated_models).
         seed: the run's seed.
         out_dir: ``compare/`` folder.
         figures: paths of the figures to draw, keys ``budget_curves``, ``stage_costs``, ``depth_maps``,

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -194,165 +194,166 @@ def parse_config_overrides(entries: Sequence[str] | None) -> dict:
 
 
 # ----------------------------------------------------------------------------- dataclasses
+# The schema holds every default; these classes have none: config_from_dict({}) is the default configuration.
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"
-    root: str | None = None
-    split_dir: str | None = None
-    height: int = 96
-    width: int = 320
-    n_train: int | None = 600
-    n_val: int | None = 100
-    n_test: int | None = 100
-    min_depth_m: float = 1.0
-    max_depth_m: float = 80.0
-    workers: int = 2
+    source: str
+    root: str | None
+    split_dir: str | None
+    height: int
+    width: int
+    n_train: int | None
+    n_val: int | None
+    n_test: int | None
+    min_depth_m: float
+    max_depth_m: float
+    workers: int
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    blocks_per_stage: tuple[int, ...] = (1, 1, 1, 1)
-    base_width: int = 16
-    conv1_kernel: int = 7
-    norm_mean: float = 0.45
-    norm_std: float = 0.225
-    pretrained_dir: str | None = None
-    decoder_channels: tuple[int, ...] = (8, 16, 32, 64, 128)
+    blocks_per_stage: tuple[int, ...]
+    base_width: int
+    conv1_kernel: int
+    norm_mean: float
+    norm_std: float
+    pretrained_dir: str | None
+    decoder_channels: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1500
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_steps: int = 50
-    flip: bool = True
-    color_jitter: float = 0.2
-    checkpoint_every: int = 200
-    log_every: int = 25
-    val_every: int = 250
-    si_lambda: float = 0.85
-    conv1_smoothness: float = 0.05
-    collapse_check: bool = True
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+    flip: bool
+    color_jitter: float
+    checkpoint_every: int
+    log_every: int
+    val_every: int
+    si_lambda: float
+    conv1_smoothness: float
+    collapse_check: bool
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    median_scaling: bool = False
-    n_figure_images: int = 4
+    median_scaling: bool
+    n_figure_images: int
 
 
 @dataclass(frozen=True)
 class OpticsConfig:
-    wavelengths_m: tuple[float, ...] = (6.4e-7, 5.5e-7, 4.6e-7)
-    superpixel_m: float = 6.0e-7
-    n_superpixels: int = 192
-    sensor_distance_m: float = 1.5e-4
-    pixel_pitch_m: float = 2.74e-6
-    object_distances_m: tuple[float | None, ...] = (10.0,)
-    aperture: str = "circular"
-    pad_factor: float = 2.0
-    oversample: int = 1
-    psf_size_px: int = 21
-    dtype: str = "complex64"
+    wavelengths_m: tuple[float, ...]
+    superpixel_m: float
+    n_superpixels: int
+    sensor_distance_m: float
+    pixel_pitch_m: float
+    object_distances_m: tuple[float | None, ...]
+    aperture: str
+    pad_factor: float
+    oversample: int
+    psf_size_px: int
+    dtype: str
 
 
 @dataclass(frozen=True)
 class MetaAtomConfig:
-    pillar_index: float = 2.4
-    substrate_index: float = 1.46
-    pillar_height_m: float = 6.0e-7
-    period_m: float = 3.0e-7
-    radius_min_m: float = 3.0e-8
-    radius_max_m: float = 1.35e-7
-    n_radii: int = 64
-    rcwa_order: int = 7
-    convergence_order_step: int = 2
-    convergence_radii: int = 8
+    pillar_index: float
+    substrate_index: float
+    pillar_height_m: float
+    period_m: float
+    radius_min_m: float
+    radius_max_m: float
+    n_radii: int
+    rcwa_order: int
+    convergence_order_step: int
+    convergence_radii: int
 
 
 @dataclass(frozen=True)
 class SensorConfig:
-    full_well_e: float = 10000.0
-    read_noise_e: float = 2.0
-    bit_depth: int = 10
-    exposure: float = 1.0
+    full_well_e: float
+    read_noise_e: float
+    bit_depth: int
+    exposure: float
 
 
 @dataclass(frozen=True)
 class DKOConfig:
-    shard_size: int = 4
-    steps: int = 1000
-    lr: float = 0.5
-    window_factor: float = 2.0
-    efficiency_weight: float = 0.03
-    parametrization: str = "phase"
-    plateau_patience: int = 100
-    plateau_rel_tol: float = 1.0e-3
-    init_noise_std: float = 0.05
-    distance_mode: str = "single"
-    fidelity_distances_m: tuple[float | None, ...] = (1.0, 2.0, 4.0, 10.0, 20.0, 40.0, 80.0)
-    gain_calibration: str = "total"
-    element_pitch_m: float | None = None
-    gds_radius_step_m: float = 1.0e-9
-    checkpoint_every: int = 100
-    log_every: int = 25
+    shard_size: int
+    steps: int
+    lr: float
+    window_factor: float
+    efficiency_weight: float
+    parametrization: str
+    plateau_patience: int
+    plateau_rel_tol: float
+    init_noise_std: float
+    distance_mode: str
+    fidelity_distances_m: tuple[float | None, ...]
+    gain_calibration: str
+    element_pitch_m: float | None
+    gds_radius_step_m: float
+    checkpoint_every: int
+    log_every: int
 
 
 @dataclass(frozen=True)
 class E2EConfig:
-    variants: tuple[str, ...] = ("optics", "scratch")
-    budget: str = "time"
-    budget_basis: str = "cpu"
-    optics_budget: str = "stage2"
-    budget_scale: float = 1.0
-    steps: int = 100
-    max_steps: int | None = None
-    lr_optics: float = 0.3
-    lr_optics_scratch: float | None = 1.0
-    lr_backend: float | None = None
-    warmup_fraction: float = 0.05
-    schedule: str = "cosine"
-    train_noise: bool = False
-    n_val: int = 6
-    log_every: int = 5
-    checkpoint_every: int = 20
-    divergence_factor: float | None = 10.0
+    variants: tuple[str, ...]
+    budget: str
+    budget_basis: str
+    optics_budget: str
+    budget_scale: float
+    steps: int
+    max_steps: int | None
+    lr_optics: float
+    lr_optics_scratch: float | None
+    lr_backend: float | None
+    warmup_fraction: float
+    schedule: str
+    train_noise: bool
+    n_val: int
+    log_every: int
+    checkpoint_every: int
+    divergence_factor: float | None
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    enabled: bool = True
-    uri: str | None = None
-    artifacts_dir: str | None = None
+    enabled: bool
+    uri: str | None
+    artifacts_dir: str | None
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    grid: dict = field(default_factory=dict)
-    table: str | None = None
+    grid: dict
+    table: str | None
 
 
 @dataclass(frozen=True)
 class Config:
-    experiment: str = "default"
-    results_dir: str = "results"
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 2
-    data: DataConfig = field(default_factory=DataConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    optics: OpticsConfig = field(default_factory=OpticsConfig)
-    metaatoms: MetaAtomConfig = field(default_factory=MetaAtomConfig)
-    sensor: SensorConfig = field(default_factory=SensorConfig)
-    dko: DKOConfig = field(default_factory=DKOConfig)
-    e2e: E2EConfig = field(default_factory=E2EConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    experiment: str
+    results_dir: str
+    seed: int
+    device: str
+    threads: int
+    data: DataConfig
+    network: NetworkConfig
+    train: TrainConfig
+    eval: EvalConfig
+    optics: OpticsConfig
+    metaatoms: MetaAtomConfig
+    sensor: SensorConfig
+    dko: DKOConfig
+    e2e: E2EConfig
+    tracking: TrackingConfig
+    sweep: SweepConfig
 
     @property
     def experiment_dir(self) -> Path:
@@ -360,8 +361,153 @@ class Config:
         return Path(self.results_dir).resolve() / self.experiment
 
     def to_dict(self) -> dict:
-        """The resolved configuration as plain JSON-compatible data."""
-        return _to_plain(dataclasses.asdict(self))
+        """The resolved configuration as plain JSON-compatible data.
+
+        For a job's view (:func:`restrict_config`) only the keys declared for the job; reading them this way is
+        not recorded as a read (run keys hash this dict).
+        """
+        plain = _to_plain(_field_values(self))
+        reads = self.__dict__.get(_READS_ATTR)
+        return plain if reads is None else reads.select(plain)
+
+
+# ----------------------------------------------------------------------------- a job's view of the config
+# A Snakemake job reruns when its params change; its params carry the config keys declared for it
+# (dko.catalogue). The job's library calls then get a view of the config in which every other key raises
+# UndeclaredConfigRead, so a job cannot depend on a key whose change would not rerun it.
+EXECUTION_KEYS = ("experiment", "results_dir", "device", "threads", "tracking", "data.workers")
+"""Where and how a job runs, not what it computes (keys or whole sections): readable by every job, never declared,
+never in a job's params (a change reruns nothing). ``data.workers``: the dataset does not depend on it."""
+
+_READS_ATTR = "_dko_reads"
+_PREFIX_ATTR = "_dko_prefix"
+
+
+class UndeclaredConfigRead(RuntimeError):
+    """A job read a config key that its declaration (``dko.catalogue``) does not list."""
+
+
+class ConfigReads:
+    """The config keys a job may read (``declared``: dotted keys or whole sections) and those it read (``read``)."""
+
+    def __init__(self, declared: Sequence[str], job: str):
+        known = set(leaf_keys())
+        sections = {key.split(".")[0] for key in known if "." in key}
+        for key in declared:
+            if key not in known and key not in sections:
+                raise ValueError(f"job {job}: '{key}' is not a config key (declared in dko.catalogue)")
+            if is_execution_key(key):
+                raise ValueError(f"job {job}: '{key}' is an execution key, readable by every job; do not declare it")
+        self.declared = frozenset(declared)
+        self.job = job
+        self.read: set[str] = set()
+        self._sections = sections
+
+    def allows(self, key: str) -> bool:
+        parts = key.split(".")
+        return is_execution_key(key) or any(".".join(parts[:i]) in self.declared for i in range(1, len(parts) + 1))
+
+    def check(self, key: str) -> None:
+        if is_execution_key(key):
+            return
+        if not self.allows(key):
+            raise UndeclaredConfigRead(
+                f"job {self.job} reads config key '{key}', which its declaration in dko.catalogue does not list: "
+                f"add it there (the rule's params then carry it, so that changing it reruns the job)")
+        self.read.add(key)
+
+    def select(self, plain: Mapping, prefix: str = "") -> dict:
+        """The declared part of a plain config dict (execution keys left out)."""
+        out = {}
+        for key, value in plain.items():
+            name = f"{prefix}{key}"
+            if is_execution_key(name):
+                continue
+            if name in self._sections:
+                if self.allows(name) or any(d.startswith(name + ".") for d in self.declared):
+                    out[key] = self.select(value, name + ".")
+            elif self.allows(name):
+                out[key] = value
+        return out
+
+
+def is_execution_key(key: str) -> bool:
+    """Whether dotted ``key`` is, or lies in, one of the :data:`EXECUTION_KEYS`."""
+    return any(key == e or key.startswith(e + ".") for e in EXECUTION_KEYS)
+
+
+def leaf_keys(cls: type = None, prefix: str = "") -> list[str]:
+    """Every leaf config key as a dotted name (``data.height``, ``seed``, ...), in schema order."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def restrict_config(cfg: "Config", declared: Sequence[str], job: str) -> tuple["Config", ConfigReads]:
+    """A view of ``cfg`` in which only ``declared`` keys (and :data:`EXECUTION_KEYS`) can be read.
+
+    Reading any other key raises :class:`UndeclaredConfigRead`; the reads are recorded in the returned
+    :class:`ConfigReads` (``read``). The view is still a :class:`Config` (same attributes, same types).
+    """
+    reads = ConfigReads(declared, job)
+    return _guarded(cfg, reads, ""), reads
+
+
+def _field_values(obj: Any) -> dict:
+    """A (restricted) dataclass's field values as nested dicts, without recording reads."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = obj.__dict__[f.name]
+        out[f.name] = _field_values(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _guarded_getattribute(self, name: str):
+    cls = type(self)
+    if name in cls.__dataclass_fields__ and name not in cls._dko_sections:
+        object.__getattribute__(self, _READS_ATTR).check(object.__getattribute__(self, _PREFIX_ATTR) + name)
+    return object.__getattribute__(self, name)
+
+
+def _guarded_repr(self) -> str:
+    reads = object.__getattribute__(self, _READS_ATTR)
+    return f"<{type(self).__name__} of job {reads.job}: {sorted(reads.declared)}>"
+
+
+@functools.lru_cache(maxsize=None)
+def _guarded_class(cls: type) -> type:
+    hints = typing.get_type_hints(cls)
+    sections = frozenset(f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name]))
+    return type(cls.__name__, (cls,), {"__getattribute__": _guarded_getattribute, "__repr__": _guarded_repr,
+                                       "_dko_sections": sections, "__module__": cls.__module__})
+
+
+def _guarded(obj: Any, reads: ConfigReads, prefix: str) -> Any:
+    view = object.__new__(_guarded_class(type(obj)))
+    for f in dataclasses.fields(obj):
+        value = obj.__dict__[f.name]
+        if dataclasses.is_dataclass(value):
+            value = _guarded(value, reads, f"{prefix}{f.name}.")
+        object.__setattr__(view, f.name, value)
+    object.__setattr__(view, _READS_ATTR, reads)
+    object.__setattr__(view, _PREFIX_ATTR, prefix)
+    return view
+
+
+def declared_config(raw: Mapping, declared: Sequence[str]) -> dict:
+    """The declared part of a resolved plain config (what a rule's params carry): nested dicts, sorted keys."""
+    reads = ConfigReads(declared, "params")
+    return _sorted(reads.select(raw))
+
+
+def _sorted(value: Any) -> Any:
+    return {k: _sorted(value[k]) for k in sorted(value)} if isinstance(value, Mapping) else value
 
 
 # ----------------------------------------------------------------------------- validation
@@ -587,7 +733,7 @@ def _build(cls, values: Mapping):
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
-            continue
+            raise ValueError(f"config key '{f.name}' of {cls.__name__} is missing: build configs with config_from_dict")
         value = values[f.name]
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from dko.config import Config, load_config
-from dko.tracking import artifacts_location, probe_server, tracking_uri
+from dko.tracking import artifacts_location, find_experiment, probe_server, tracking_uri
 
 
 def server_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -68,6 +68,26 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
         pass
 
 
+# MLflow 3.17's UI shows every experiment as the page of its global "GenAI | Model training" switch (default
+# GenAI: an overview of traces and tokens), whatever the experiment's kind tag; the URL's workflowType selects it.
+UI_QUERY = "workflowType=machine_learning"
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow 3.x UI's runs table of one experiment (a hash route of its single-page app), in the UI's
+    "Model training" mode (:data:`UI_QUERY`); one row per pipeline invocation, its job runs nested under it."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
+
+
+def dashboard_url(cfg: Config, base_url: str) -> tuple[str, str]:
+    """The address to open and a note on it: the runs table of the config's experiment, or the UI's home page
+    while the store has no such experiment (no tracked run yet)."""
+    experiment_id = find_experiment(cfg)
+    if experiment_id is None:
+        return base_url, f"no experiment '{cfg.experiment}' in the store yet: run the pipeline with tracking.enabled"
+    return runs_url(base_url, experiment_id), f"experiment '{cfg.experiment}', runs table"
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         return sock.connect_ex((host, port)) != 0
@@ -86,20 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     if not port_is_free(args.port, probe):
         print(f"port {args.port} is in use; choose another with PORT=NNNN", file=sys.stderr)
         return 2
-    proc = start_server(cfg, args.port, host=args.host)
     url = f"http://{probe}:{args.port}"
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    address, note = dashboard_url(cfg, url)
+    proc = start_server(cfg, args.port, host=args.host)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if not wait_until_up(url, proc=proc):
             print("the MLflow server did not start", file=sys.stderr)
             return 1
-        print(f"MLflow dashboard: {url}  (listening on {args.host}; store {tracking_uri(cfg)}; Ctrl-C stops it)",
-              flush=True)
+        print(f"MLflow dashboard: {address}\n  ({note}; listening on {args.host}; store {tracking_uri(cfg)}; "
+              "Ctrl-C stops it)", flush=True)
         proc.wait()
     except KeyboardInterrupt:
         print("\nstopping the dashboard", file=sys.stderr)
     finally:
         stop_server(proc)
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

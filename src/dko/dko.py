@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dko.io import atomic_path
+from dko.io import atomic_path, read_checkpoint
 
 __all__ = ["center_window", "kernel_loss", "optimize_designs", "fidelity_metrics", "OptimizationError"]
 
@@ -88,21 +88,21 @@ def kernel_loss(psfs: torch.Tensor, targets: torch.Tensor, *, window_factor: flo
     return loss, {"shape": float(shape.detach()), "window_fraction": float(frac.detach().mean()), "efficiency": eff}
 
 
+CHECKPOINT_FORMAT = "dko.designstate/1"
+
+
 def _matching_checkpoint(path: Path, shape: tuple, run_key: str | None) -> dict | None:
-    if not path.is_file():
+    """The checkpoint at ``path`` if it resumes designs of ``shape`` under ``run_key``
+    (:func:`dko.io.read_checkpoint`), else None."""
+
+    def unfit(state: dict) -> str | None:
+        if tuple(state["p"].shape) != shape:
+            return f"its designs have shape {tuple(state['p'].shape)}, these {shape}"
+        if "best_p" not in state:
+            return "it predates the best-design record"
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint means starting over
-        log.warning("stage-2 checkpoint %s unreadable (%s); starting over", path, exc)
-        return None
-    if state.get("run_key") != run_key or tuple(state["p"].shape) != shape:
-        log.warning("stage-2 checkpoint %s belongs to other settings; starting over", path)
-        return None
-    if "best_p" not in state:
-        log.warning("stage-2 checkpoint %s predates the best-design record; starting over", path)
-        return None
-    return state
+
+    return read_checkpoint(path, run_key, CHECKPOINT_FORMAT, validate=unfit)
 
 
 def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
@@ -163,8 +163,9 @@ def optimize_designs(p0: torch.Tensor, targets: torch.Tensor,
         if ckpt is None:
             return
         with atomic_path(ckpt) as tmp:
-            torch.save({"p": p.detach().cpu(), "adam": opt.state_dict(), "step": step, "history": history,
-                        "best_p": best_p.cpu(), "best": best, "plateau_ref": ref, "since_best": since_best,
+            torch.save({"format": CHECKPOINT_FORMAT, "p": p.detach().cpu(), "adam": opt.state_dict(), "step": step,
+                        "history": history, "best_p": best_p.cpu(), "best": best, "plateau_ref": ref,
+                        "since_best": since_best,
                         "extra": checkpoint_extra() if checkpoint_extra is not None else {},
                         "run_key": run_key}, tmp)
 

@@ -4,13 +4,13 @@ The metasurface design variables ``p`` (E, N, N) are trained through the depth l
 all elements' PSFs from the current ``p`` with the one PSF model shared with DKO
 (:func:`dko.frontend.element_psfs`), applies DKO's gain calibration (:func:`dko.frontend.calibrate_gains`,
 ``dko.gain_calibration``), passes the images through the opto-electronic conv1
-(:class:`dko.opto_layer.OptoConv1`) and then through the rest of the depth network, with stage 1's loss
+(:class:`dko.frontend.OptoConv1`) and then through the rest of the depth network, with stage 1's loss
 (:func:`dko.depth.losses.multiscale_depth_loss`), data order, augmentation and batch size.
 
 Variants (``e2e.variants``):
 
 * ``optics``: the stage-1 network is the frozen back-end (parameters fixed, BatchNorm in eval mode); the
-  elements are those of its conv1 (:func:`dko.kernels.extract_kernel_bank`, the bank DKO fits); only ``p``
+  elements are those of its conv1 (:func:`dko.frontend.extract_kernel_bank`, the bank DKO fits); only ``p``
   is trained (Adam, ``e2e.lr_optics``); the electronic gains are the kernel bank's, calibrated on the
   realised PSFs exactly as in DKO's evaluation.
 * ``scratch``: a fresh back-end (same architecture and initialisation seed as stage 1) trained jointly with
@@ -31,9 +31,10 @@ wall seconds); variant scratch gets stage 1 + stage 2, variant optics ``e2e.opti
 ``e2e.steps`` steps. The learning rates follow the fraction of the budget used (linear warm-up over
 ``e2e.warmup_fraction``, then cosine or constant).
 
-Checkpoint / resume mirrors :func:`dko.depth.train.train_electronic`: every ``e2e.checkpoint_every`` steps
-``out_dir/checkpoint.pt`` holds the networks, optimisers, RNG states, curves and budget so far; a rerun
-resumes (bit-identical with a step budget; with a time budget the schedule depends on measured time).
+The loop is stage 1's (:class:`dko.depth.trainer.Trainer`, with this module's ``_E2ETask``): every
+``e2e.checkpoint_every`` steps ``out_dir/checkpoint.pt`` holds the networks, optimisers, RNG states, curves and
+budget so far; a rerun resumes (bit-identical with a step budget; with a time budget the schedule depends on
+measured time).
 Non-finite losses / gradients and losses above ``e2e.divergence_factor`` times the first logging window's
 raise :class:`E2EDivergence`; a collapsed network (saturated or constant depth, or no better than the mean-depth
 predictor after the warm-up, checked at every validation after step 0 by :class:`dko.depth.collapse.CollapseMonitor`,
@@ -51,34 +52,43 @@ it, ``lr`` is the optics learning rate).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from dko.budget import BudgetRecorder
-from dko.io import atomic_path, read_json, write_csv
+from dko.catalogue import E2E_VARIANTS
+from dko.config import EXECUTION_KEYS, Config, resolve_device
+from dko.depth.checkpoint import load_depthnet, save_depthnet
+from dko.depth.losses import multiscale_depth_loss
+from dko.depth.model import DepthNet
+from dko.depth.trainer import (BOOKKEEPING_TRAIN_KEYS, CHECKPOINT_FILE, BudgetPlan, Trainer, TrainingData,
+                               TrainingDivergence, TrainingTask, Validation, validate)
+from dko.frontend import (KernelBank, OptoConv1, array_layout, build_kernel_bank, calibrate_gains, design_radius,
+                          element_pitch_m, element_psfs, evaluation_distances, extract_kernel_bank, initial_designs,
+                          psf_fft_flops, radius_psfs, save_frontend)
+from dko.io import files_fingerprint, read_json
+from dko.io import run_key as hash_run_key
 from dko.metrics import METRIC_NAMES
-from dko.opto_layer import KernelBank, OptoConv1
+from dko.optics.metaatoms import MetaAtomLibrary
+from dko.optics.psf import OpticalSystem
+from dko.optics.sensor import SensorModel
 
-__all__ = ["VARIANTS", "CURVE_COLUMNS", "E2EDivergence", "budget_plan", "lr_factor", "E2EFrontEnd", "scratch_bank",
-           "build_e2e", "e2e_step", "train_e2e", "run_key", "optics_lr"]
+__all__ = ["VARIANTS", "CHECKPOINT_FILE", "CURVE_COLUMNS", "E2EDivergence", "budget_plan", "lr_factor", "E2EFrontEnd",
+           "scratch_bank", "build_e2e", "e2e_step", "train_e2e", "run_key", "optics_lr"]
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("optics", "scratch")
-CHECKPOINT_FILE = "checkpoint.pt"
+VARIANTS = E2E_VARIANTS  # the schema's values of e2e.variants (dko.catalogue)
 CURVE_COLUMNS = (["step", "wall_s", "cpu_s", "wall_total_s", "cpu_total_s", "budget_used", "lr", "lr_backend",
                   "train_loss"] + [f"val_{m}" for m in METRIC_NAMES])
 
 
-class E2EDivergence(FloatingPointError):
+class E2EDivergence(TrainingDivergence):
     """E2E training diverged (non-finite loss / gradient, or a loss blow-up)."""
 
 
@@ -95,7 +105,7 @@ def _budget_seconds(budget: Mapping, path: str, key: str) -> float:
     return float(value)
 
 
-def budget_plan(cfg, variant: str, stage1_budget: str | Path | Mapping | None = None,
+def budget_plan(cfg: Config, variant: str, stage1_budget: str | Path | Mapping | None = None,
                 dko_budget: str | Path | Mapping | None = None) -> dict:
     """What one E2E variant may spend (see the module docstring).
 
@@ -113,16 +123,8 @@ def budget_plan(cfg, variant: str, stage1_budget: str | Path | Mapping | None = 
     if e.budget == "steps":
         return {"mode": "steps", "basis": "steps", "limit": int(e.steps), "stages": [], "stage_s": {},
                 "stage_wall_s": {}, "stage_cpu_s": {}, "scale": 1.0}
-    if e.budget != "time":
-        raise ValueError(f"config key 'e2e.budget' must be 'time' or 'steps', got {e.budget!r}")
-    if e.budget_basis not in ("cpu", "wall"):
-        raise ValueError(f"config key 'e2e.budget_basis' must be 'cpu' or 'wall', got {e.budget_basis!r}")
-    if variant == "scratch" or e.optics_budget == "stage1+stage2":
-        stages = ["stage1", "stage2"]
-    elif e.optics_budget == "stage2":
-        stages = ["stage2"]
-    else:
-        raise ValueError(f"config key 'e2e.optics_budget' must be 'stage2' or 'stage1+stage2', got {e.optics_budget!r}")
+    # e2e.budget is "time" here; the schema holds e2e.budget_basis to cpu / wall, e2e.optics_budget to its two values
+    stages = ["stage1", "stage2"] if variant == "scratch" or e.optics_budget == "stage1+stage2" else ["stage2"]
     files = {"stage1": stage1_budget, "stage2": dko_budget}
     wall, cpu = {}, {}
     for stage in stages:
@@ -151,13 +153,11 @@ def lr_factor(fraction: float, warmup_fraction: float, schedule: str) -> float:
         return 0.05 + 0.95 * f / warmup_fraction
     if schedule == "constant":
         return 1.0
-    if schedule == "cosine":
-        t = (f - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
-        return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
-    raise ValueError(f"config key 'e2e.schedule': unknown schedule '{schedule}' (cosine, constant)")
+    t = (f - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)  # cosine (the schema allows only the two)
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
 
 
-def optics_lr(cfg, variant: str) -> float:
+def optics_lr(cfg: Config, variant: str) -> float:
     """Adam learning rate of the design variables: ``e2e.lr_optics``, or ``e2e.lr_optics_scratch`` (when set)
     for variant scratch."""
     _check_variant(variant)
@@ -169,10 +169,8 @@ def optics_lr(cfg, variant: str) -> float:
 # ----------------------------------------------------------------------------- the trainable front end
 def scratch_bank(model, wavelengths_m: Sequence[float]) -> KernelBank:
     """Full ``K x C x 2`` element layout of an (untrained) DepthNet's conv1, elements ordered like
-    :func:`dko.opto_layer.build_kernel_bank` (k, c, sign +, -). Gains / bias / targets come from the split of
+    :func:`dko.frontend.build_kernel_bank` (k, c, sign +, -). Gains / bias / targets come from the split of
     the given conv1; a part that happens to be all zero gets gain 0 and a centred delta target."""
-    from dko.opto_layer import build_kernel_bank
-
     conv = model.conv1
     w = conv.weight.detach().to("cpu", torch.float32)
     bank = build_kernel_bank(w, model.norm_mean, model.norm_std, list(wavelengths_m), stride=int(conv.stride[0]),
@@ -196,10 +194,9 @@ def scratch_bank(model, wavelengths_m: Sequence[float]) -> KernelBank:
                 oc.append(o)
                 ic.append(i)
                 wl.append(float(wavelengths_m[i]))
-    return KernelBank(targets=torch.stack(t), gains=torch.stack(g), sign=torch.tensor(sg),
-                      out_channel=torch.tensor(oc), in_channel=torch.tensor(ic),
-                      wavelength_m=torch.tensor(wl, dtype=torch.float64), bias=bank.bias, pad_value=bank.pad_value,
-                      stride=bank.stride, padding=bank.padding, n_out=k_out, n_in=c_in)
+    return bank.replace(targets=torch.stack(t), gains=torch.stack(g), sign=torch.tensor(sg),
+                        out_channel=torch.tensor(oc), in_channel=torch.tensor(ic),
+                        wavelength_m=torch.tensor(wl, dtype=torch.float64))
 
 
 class E2EFrontEnd(nn.Module):
@@ -238,24 +235,17 @@ class E2EFrontEnd(nn.Module):
 
     def simulate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(psfs (D, E, P, P), efficiency (D, E))`` of the current designs (differentiable)."""
-        from dko.frontend import element_psfs
-
         return element_psfs(self.p, self.bank, self.system, self.library, self.object_distances_m,
                             self.parametrization)
 
     def layer(self, psfs: torch.Tensor | None = None) -> OptoConv1:
         """The :class:`OptoConv1` of the current designs (or of ``psfs`` (D, E, P, P)); differentiable."""
-        from dko.frontend import calibrate_gains
-
         if psfs is None:
             psfs = self.simulate()[0]
         psfs = psfs.to(torch.float32)
         gains = calibrate_gains(psfs[0], self.kernel_gains, self.bank.kernel_size, self.gain_calibration)
-        b = self.bank
-        bank = KernelBank(targets=b.targets, gains=gains, sign=b.sign, out_channel=b.out_channel,
-                          in_channel=b.in_channel, wavelength_m=b.wavelength_m, bias=self.bias, pad_value=b.pad_value,
-                          stride=b.stride, padding=b.padding, n_out=b.n_out, n_in=b.n_in)
-        return OptoConv1(bank, psfs, self.object_distances_m, sensor=self.sensor)
+        return OptoConv1(self.bank.replace(gains=gains, bias=self.bias), psfs, self.object_distances_m,
+                         sensor=self.sensor)
 
     def forward(self, images: torch.Tensor, *, noise: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -278,8 +268,6 @@ class _FixedFront(nn.Module):
 
 # ----------------------------------------------------------------------------- setup
 def _library(cfg, library_path: str | Path | None):
-    from dko.optics.metaatoms import MetaAtomLibrary
-
     return MetaAtomLibrary.load(library_path) if library_path is not None else MetaAtomLibrary.default()
 
 
@@ -296,13 +284,6 @@ def build_e2e(cfg, variant: str, *, meta: Mapping, stage1_model: str | Path | No
     Returns:
         ``(model, front)`` on ``device``; ``model.front`` is None (call ``model.forward_from_conv1(front(x))``).
     """
-    from dko.depth.checkpoint import load_depthnet
-    from dko.depth.model import DepthNet
-    from dko.frontend import initial_designs
-    from dko.kernels import extract_kernel_bank
-    from dko.optics.psf import OpticalSystem
-    from dko.optics.sensor import SensorModel
-
     _check_variant(variant)
     wavelengths = list(cfg.optics.wavelengths_m)
     if variant == "optics":
@@ -340,8 +321,6 @@ def e2e_step(model: nn.Module, front: E2EFrontEnd, optimisers: Sequence[torch.op
     Returns:
         The loss (float). Raises :class:`E2EDivergence` on a non-finite loss or design gradient.
     """
-    from dko.depth.losses import multiscale_depth_loss
-
     y = front(images, noise=noise, generator=generator)
     loss = multiscale_depth_loss(model.forward_from_conv1(y), depth, valid, model.depth_from_disp, si_lambda)
     if not torch.isfinite(loss):
@@ -359,7 +338,11 @@ def e2e_step(model: nn.Module, front: E2EFrontEnd, optimisers: Sequence[torch.op
 
 
 # ----------------------------------------------------------------------------- bookkeeping
-def _lr_keys(cfg, variant: str, lr_optics: float, lr_backend: float) -> str:
+E2E_BOOKKEEPING_KEYS = ("e2e.checkpoint_every", "e2e.log_every", "e2e.variants")
+"""e2e.* keys that do not change a variant's training (left out of its checkpoints' run keys)."""
+
+
+def _lr_keys(cfg: Config, variant: str, lr_optics: float, lr_backend: float) -> str:
     """The learning-rate keys of one variant with their values, for error messages."""
     optics_key = "e2e.lr_optics_scratch" if variant == "scratch" and cfg.e2e.lr_optics_scratch is not None \
         else "e2e.lr_optics"
@@ -370,24 +353,17 @@ def _lr_keys(cfg, variant: str, lr_optics: float, lr_backend: float) -> str:
     return f"{backend} or {optics}"
 
 
-def run_key(cfg, variant: str, plan: Mapping) -> str:
-    """Hash of everything a checkpoint depends on (minus bookkeeping intervals)."""
-    from dko.depth.train import BOOKKEEPING_TRAIN_KEYS
-
-    plain = cfg.to_dict()
-    train = {k: v for k, v in plain["train"].items() if k not in BOOKKEEPING_TRAIN_KEYS}
-    e2e = {k: v for k, v in plain["e2e"].items() if k not in ("checkpoint_every", "log_every", "variants")}
-    blob = json.dumps({"variant": variant, "seed": plain["seed"], "data": plain["data"], "network": plain["network"],
-                       "train": train, "optics": plain["optics"], "metaatoms": plain["metaatoms"],
-                       "sensor": plain["sensor"], "dko": plain["dko"], "e2e": e2e,
-                       "plan": {k: plan[k] for k in ("mode", "basis", "limit")}}, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def run_key(cfg: Config, variant: str, plan: Mapping, inputs: Sequence[str | Path | None] = ()) -> str:
+    """:func:`dko.io.run_key` of the whole configuration minus the execution keys and the bookkeeping intervals,
+    with the variant, the budget plan's mode, basis and limit, and the input files (dataset, stage-1 model,
+    meta-atom table: :func:`dko.io.files_fingerprint`)."""
+    return hash_run_key(cfg.to_dict(), exclude=(*EXECUTION_KEYS, *BOOKKEEPING_TRAIN_KEYS, *E2E_BOOKKEEPING_KEYS),
+                        extra={"variant": variant, "plan": {k: plan[k] for k in ("mode", "basis", "limit")},
+                               "inputs": files_fingerprint(*inputs)})
 
 
 def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int,
               predict_wrapper: Callable | None = None) -> dict[str, float]:
-    from dko.depth.train import validate
-
     with torch.no_grad():
         layer = front.layer()
         for name, buf in list(layer.named_buffers()):
@@ -399,17 +375,12 @@ def _validate(model, front: E2EFrontEnd, split, meta, device, batch_size: int,
         model.front = None
 
 
-def _save_outputs(cfg, variant: str, model, front: E2EFrontEnd, out_dir: Path, meta: Mapping, steps: int,
+def _save_outputs(cfg: Config, variant: str, model, front: E2EFrontEnd, out_dir: Path, dataset: Mapping, steps: int,
                   plan: Mapping) -> None:
-    from dko.depth.checkpoint import save_depthnet
-    from dko.frontend import array_layout, calibrate_gains, design_radius, radius_psfs, save_frontend
-    from dko.stage2 import element_pitch_m, evaluation_distances
-
     model = model.cpu()
     model.front = None
-    save_depthnet(model, out_dir / "model.pt", config=cfg.to_dict(), steps=steps,
-                  dataset={k: meta[k] for k in ("source", "protocol", "height", "width", "min_depth_m", "max_depth_m")
-                           if k in meta}, e2e={"variant": variant, "budget_mode": plan["mode"]})
+    save_depthnet(model, out_dir / "model.pt", config=cfg.to_dict(), steps=steps, dataset=dict(dataset),
+                  e2e={"variant": variant, "budget_mode": plan["mode"]})
     front = front.cpu()
     # the distances DKO stores (first: the design distance optics.object_distances_m[0], the one trained at)
     distances = evaluation_distances(cfg)
@@ -418,24 +389,89 @@ def _save_outputs(cfg, variant: str, model, front: E2EFrontEnd, out_dir: Path, m
         psfs, eff = radius_psfs(radius, front.bank, front.system, front.library, distances)
         psfs = psfs.float()
         gains = calibrate_gains(psfs[0], front.kernel_gains, front.bank.kernel_size, front.gain_calibration)
-    b = front.bank
-    bank = KernelBank(targets=b.targets, gains=front.kernel_gains.detach(), sign=b.sign, out_channel=b.out_channel,
-                      in_channel=b.in_channel, wavelength_m=b.wavelength_m, bias=front.bias.detach(),
-                      pad_value=b.pad_value, stride=b.stride, padding=b.padding, n_out=b.n_out, n_in=b.n_in)
+    bank = front.bank.replace(gains=front.kernel_gains.detach(), bias=front.bias.detach())
     pitch = element_pitch_m(cfg)
     info = {"method": "e2e", "variant": variant, "steps": steps, "budget_mode": plan["mode"],
             "budget_basis": plan["basis"], "gain_calibration": front.gain_calibration,
             "targets": ("the stage-1 conv1 kernels" if variant == "optics"
                         else "split of the UNTRAINED conv1 of the fresh network (scratch has no target kernels)")}
     save_frontend(out_dir / "frontend.npz", radius_m=radius, psfs=psfs, object_distances_m=distances, efficiency=eff,
-                  gains=gains, kernel_gains=front.kernel_gains.detach(), bank=bank,
+                  gains=gains, bank=bank,
                   element_centers_m=array_layout(bank, float(pitch)), system=front.system, info=info)
 
 
 # ----------------------------------------------------------------------------- training
-def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, stage1_model: str | Path | None = None,
-              stage1_budget: str | Path | Mapping | None = None, dko_budget: str | Path | Mapping | None = None,
-              library_path: str | Path | None = None,
+class _E2ETask(TrainingTask):
+    """One E2E variant in the :class:`dko.depth.trainer.Trainer`: the designs (Adam) and, for scratch, the back-end
+    and electronic gains (AdamW), their learning rates following the fraction of the budget used."""
+
+    curve_columns = CURVE_COLUMNS
+    logged = {"train_loss": "train_loss", "lr": "lr_optics", "budget_used": "budget_used"}
+
+    def __init__(self, cfg: Config, variant: str, model: nn.Module, front: E2EFrontEnd, device: torch.device):
+        e, tc = cfg.e2e, cfg.train
+        self.model, self.front, self.device = model, front, device
+        self.stage = f"E2E {variant}"
+        self.lr_backend = float(e.lr_backend if e.lr_backend is not None else tc.lr)
+        self.lr_optics = optics_lr(cfg, variant)
+        self.lr_keys = _lr_keys(cfg, variant, self.lr_optics, self.lr_backend)
+        self.warmup_fraction, self.schedule = e.warmup_fraction, e.schedule
+        self.train_noise, self.si_lambda = e.train_noise, tc.si_lambda
+        self.opt_optics = torch.optim.Adam([front.p], lr=self.lr_optics)
+        self.optimisers: list[torch.optim.Optimizer] = [self.opt_optics]
+        self.opt_backend = None
+        if variant == "scratch":
+            self.opt_backend = torch.optim.AdamW(
+                [{"params": list(model.parameters()), "weight_decay": tc.weight_decay},
+                 {"params": [front.kernel_gains, front.bias], "weight_decay": 0.0}], lr=self.lr_backend)
+            self.optimisers.append(self.opt_backend)
+        self.noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "front": self.front.state_dict(),
+                "optimisers": [opt.state_dict() for opt in self.optimisers], "noise_rng": self.noise_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.front.load_state_dict(state["front"])
+        for opt, opt_state in zip(self.optimisers, state["optimisers"], strict=True):
+            opt.load_state_dict(opt_state)
+        self.noise_gen.set_state(state["noise_rng"])
+
+    def flop_probe(self) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        probe_model, probe_front = copy.deepcopy(self.model), copy.deepcopy(self.front)
+
+        def one_step(x: torch.Tensor, gt: torch.Tensor) -> None:
+            y = probe_front(x, noise=self.train_noise, generator=torch.Generator(device=self.device).manual_seed(0))
+            loss = multiscale_depth_loss(probe_model.forward_from_conv1(y), gt, gt > 0, probe_model.depth_from_disp,
+                                         self.si_lambda)
+            loss.backward()
+
+        return one_step
+
+    def train_step(self, step: int, images: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
+                   fraction: float) -> float:
+        factor = lr_factor(fraction, self.warmup_fraction, self.schedule)
+        for g in self.opt_optics.param_groups:
+            g["lr"] = self.lr_optics * factor
+        if self.opt_backend is not None:
+            for g in self.opt_backend.param_groups:
+                g["lr"] = self.lr_backend * factor
+        return e2e_step(self.model, self.front, self.optimisers, images, depth, valid, self.si_lambda,
+                        noise=self.train_noise, generator=self.noise_gen, step=step)
+
+    def curve_values(self) -> dict:
+        return {"lr": self.opt_optics.param_groups[0]["lr"],
+                "lr_backend": self.opt_backend.param_groups[0]["lr"] if self.opt_backend is not None else ""}
+
+    def validate(self, split, meta: Mapping, batch_size: int, predict_wrapper: Callable) -> dict[str, float]:
+        return _validate(self.model, self.front, split, meta, self.device, batch_size=batch_size,
+                         predict_wrapper=predict_wrapper)
+
+
+def train_e2e(cfg: Config, variant: str, data_dir: str | Path, out_dir: str | Path, *,
+              stage1_model: str | Path | None = None, stage1_budget: str | Path | Mapping | None = None,
+              dko_budget: str | Path | Mapping | None = None, library_path: str | Path | None = None,
               on_metrics: Callable[[int, Mapping[str, float]], None] | None = None,
               device: str | torch.device | None = None, progress: bool = True, keep_checkpoint: bool = False) -> dict:
     """Train (or resume) one E2E variant within its budget; see the module docstring.
@@ -456,247 +492,43 @@ def train_e2e(cfg, variant: str, data_dir: str | Path, out_dir: str | Path, *, s
         ``{"variant", "steps", "resumed_from_step", "final_train_loss", "val", "budget", "plan", "stopped_by",
         "checkpoint"}`` (``checkpoint``: path of the kept final checkpoint, or None).
     """
-    from tqdm import tqdm
-
-    from dko.config import resolve_device
-    from dko.data.format import batch_to_tensors, load_split, read_meta
-    from dko.depth.collapse import CollapseMonitor
-    from dko.depth.train import (BatchOrder, _valid_mask, augment, global_rng_state, read_checkpoint,
-                                 restore_global_rng_state)
-    from dko.stage2 import psf_fft_flops
-
     _check_variant(variant)
     device = torch.device(device) if device is not None else resolve_device(cfg.device)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
     e, tc = cfg.e2e, cfg.train
     plan = budget_plan(cfg, variant, stage1_budget, dko_budget)
-    meta = read_meta(data_dir)
-    lo, hi = float(meta["min_depth_m"]), float(meta["max_depth_m"])
-    train_split = load_split(data_dir, "train", mmap=False)
-    val_split = load_split(data_dir, "val")
+    data = TrainingData.load(data_dir)
     log.info("E2E %s: budget %s", variant, json.dumps(plan))
 
-    model, front = build_e2e(cfg, variant, meta=meta, stage1_model=stage1_model, library_path=library_path,
+    model, front = build_e2e(cfg, variant, meta=data.meta, stage1_model=stage1_model, library_path=library_path,
                              device=device)
-    lr_backend = float(e.lr_backend if e.lr_backend is not None else tc.lr)
-    lr_optics = optics_lr(cfg, variant)
-    monitor = CollapseMonitor(train_split.depth, val_split, meta, stage=f"E2E {variant}",
-                              keys=_lr_keys(cfg, variant, lr_optics, lr_backend), enabled=tc.collapse_check)
-    opt_optics = torch.optim.Adam([front.p], lr=lr_optics)
-    optimisers: list[torch.optim.Optimizer] = [opt_optics]
-    opt_backend = None
-    if variant == "scratch":
-        opt_backend = torch.optim.AdamW([{"params": list(model.parameters()), "weight_decay": tc.weight_decay},
-                                         {"params": [front.kernel_gains, front.bias], "weight_decay": 0.0}],
-                                        lr=lr_backend)
-        optimisers.append(opt_backend)
-    order = BatchOrder(len(train_split), tc.batch_size, seed=cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-    budget = BudgetRecorder(f"e2e_{variant}", device)
-    curves: list[dict] = []
-    loss_sum, loss_n = 0.0, 0
-    first_window: float | None = None
-    val_time = {"wall_s": 0.0, "cpu_s": 0.0}
-    next_val, start_step = 0, 0
-    last_val: dict[str, float] = {}
-    last_loss = float("nan")
-    key = run_key(cfg, variant, plan)
-    ckpt_path = out_dir / CHECKPOINT_FILE
+    task = _E2ETask(cfg, variant, model, front, device)
+    limits = BudgetPlan(plan["mode"], plan["basis"], plan["limit"],
+                        max_steps=e.max_steps if plan["mode"] == "time" else None)
+    trainer = Trainer(task, data, out_dir, run_key=run_key(cfg, variant, plan, (data_dir, stage1_model, library_path)), name=f"e2e_{variant}", plan=limits,
+                      batch_size=tc.batch_size, flip=tc.flip, color_jitter=tc.color_jitter, seed=cfg.seed,
+                      log_every=e.log_every, checkpoint_every=e.checkpoint_every,
+                      validation=Validation(n_fractions=e.n_val, initial=True), collapse_check=tc.collapse_check,
+                      divergence_factor=e.divergence_factor, divergence_key="e2e.divergence_factor",
+                      divergence_error=E2EDivergence)
+    result = trainer.run(on_metrics, progress)
 
-    if ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path, key)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            front.load_state_dict(ckpt["front"])
-            for opt, state in zip(optimisers, ckpt["optimisers"]):
-                opt.load_state_dict(state)
-            order.load_state_dict(ckpt["order"])
-            aug_gen.set_state(ckpt["aug_rng"])
-            noise_gen.set_state(ckpt["noise_rng"])
-            restore_global_rng_state(ckpt, device)
-            curves = list(ckpt["curves"])
-            loss_sum, loss_n = ckpt["loss_acc"]
-            first_window = ckpt["first_window"]
-            val_time = dict(ckpt["val_time"])
-            next_val = int(ckpt["next_val"])
-            budget.load_state_dict(ckpt["budget"])
-            start_step = int(ckpt["step"])
-            last_val, last_loss = dict(ckpt.get("last_val", {})), float(ckpt.get("last_loss", math.nan))
-            log.info("resuming E2E %s from %s at step %d", variant, ckpt_path, start_step)
-
-    h, w = int(meta["height"]), int(meta["width"])
-    if budget.flops_per_step is None:  # counted on copies, before the clock starts (not charged)
-        probe_model, probe_front = copy.deepcopy(model), copy.deepcopy(front)
-        x = torch.zeros(tc.batch_size, 3, h, w, device=device)
-        gt = torch.full((tc.batch_size, 1, h, w), 0.5 * (lo + hi), device=device)
-
-        def one_step():
-            from dko.depth.losses import multiscale_depth_loss
-
-            y = probe_front(x, noise=e.train_noise, generator=torch.Generator(device=device).manual_seed(0))
-            loss = multiscale_depth_loss(probe_model.forward_from_conv1(y), gt, gt > 0, probe_model.depth_from_disp,
-                                         tc.si_lambda)
-            loss.backward()
-
-        budget.measure_flops(one_step)
-        del probe_model, probe_front
-
-    def used() -> tuple[float, dict]:
-        """(budget used on the plan's basis, summary with validation excluded)."""
-        s = budget.summary()
-        train_wall, train_cpu = s["wall_s"] - val_time["wall_s"], s["cpu_s"] - val_time["cpu_s"]
-        info = {"wall_s": train_wall, "cpu_s": train_cpu, "wall_total_s": s["wall_s"], "cpu_total_s": s["cpu_s"]}
-        if plan["mode"] == "steps":
-            return float(s["steps"]), info
-        return (train_cpu if plan["basis"] == "cpu" else train_wall), info
-
-    def fraction(value: float) -> float:
-        return value / plan["limit"] if plan["limit"] > 0 else 1.0
-
-    def do_validation(step: int, row: dict) -> dict[str, float]:
-        t, c = time.perf_counter(), time.process_time()
-        metrics = _validate(model, front, val_split, meta, device, batch_size=max(tc.batch_size, 16),
-                            predict_wrapper=monitor.wrap)
-        val_time["wall_s"] += time.perf_counter() - t
-        val_time["cpu_s"] += time.process_time() - c
-        row.update(step=step, **{f"val_{k}": v for k, v in metrics.items()})
-        log.info("E2E %s step %d: val %s", variant, step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if on_metrics is not None:
-            on_metrics(step, {f"val_{k}": v for k, v in metrics.items()})
-        monitor.check(step, fraction(used()[0]), metrics)  # raises TrainingCollapse before any model.pt
-        return metrics
-
-    def save_checkpoint(step: int) -> None:
-        state = {
-            "run_key": key, "step": step, "model": model.state_dict(), "front": front.state_dict(),
-            "optimisers": [opt.state_dict() for opt in optimisers], "order": order.state_dict(),
-            "aug_rng": aug_gen.get_state(), "noise_rng": noise_gen.get_state(), **global_rng_state(device),
-            "curves": curves,
-            "loss_acc": (loss_sum, loss_n), "first_window": first_window, "val_time": val_time,
-            "next_val": next_val, "budget": budget.state_dict(), "last_val": last_val, "last_loss": last_loss,
-        }
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
-        write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
-
-    budget.start()
-    step = start_step
-    if next_val == 0:  # before training: the initialisation's accuracy (time 0)
-        row = {"budget_used": 0.0, **used()[1]}
-        last_val = do_validation(0, row)
-        curves.append(row)
-        next_val = 1
-    total = plan["limit"]
-    bar = tqdm(total=total if plan["mode"] == "steps" else round(total, 1), initial=min(used()[0], total),
-               desc=f"e2e {variant}", unit="step" if plan["mode"] == "steps" else "s", disable=not progress,
-               mininterval=2.0)
-    stopped_by = "budget"
-    while True:
-        spent, _ = used()
-        if spent >= total:
-            break
-        if plan["mode"] == "time" and e.max_steps is not None and step >= e.max_steps:
-            stopped_by = "max_steps"
-            break
-        factor = lr_factor(fraction(spent), e.warmup_fraction, e.schedule)
-        for g in opt_optics.param_groups:
-            g["lr"] = lr_optics * factor
-        if opt_backend is not None:
-            for g in opt_backend.param_groups:
-                g["lr"] = lr_backend * factor
-        with budget.step():
-            idx = order.next()
-            images, depth = batch_to_tensors(train_split.images[idx], train_split.depth[idx])
-            images, depth = augment(images, depth, aug_gen, tc.flip, tc.color_jitter)
-            images, depth = images.to(device, non_blocking=True), depth.to(device, non_blocking=True)
-            valid = _valid_mask(depth, lo, hi)
-            last_loss = e2e_step(model, front, optimisers, images, depth, valid, tc.si_lambda, noise=e.train_noise,
-                                 generator=noise_gen, step=step)
-        step += 1
-        loss_sum += last_loss
-        loss_n += 1
-        spent_now, times = used()
-        frac = fraction(spent_now)
-        bar.update(1 if plan["mode"] == "steps" else max(0.0, min(spent_now, total) - min(spent, total)))
-        row: dict[str, Any] = {}
-        finished = spent_now >= total or (plan["mode"] == "time" and e.max_steps is not None and step >= e.max_steps)
-        if step % e.log_every == 0 or finished:
-            window = loss_sum / loss_n
-            row.update(step=step, budget_used=frac, lr=opt_optics.param_groups[0]["lr"],
-                       lr_backend=opt_backend.param_groups[0]["lr"] if opt_backend is not None else "",
-                       train_loss=window, **times)
-            bar.set_postfix(loss=f"{window:.4f}")
-            loss_sum, loss_n = 0.0, 0
-            if on_metrics is not None:
-                on_metrics(step, {"train_loss": window, "lr_optics": row["lr"], "budget_used": frac})
-            if first_window is None:
-                first_window = window
-            elif e.divergence_factor is not None and window > e.divergence_factor * first_window:
-                raise E2EDivergence(f"E2E {variant} diverged at step {step}: mean training loss {window:.4g} > "
-                                    f"e2e.divergence_factor ({e.divergence_factor}) x the first window's "
-                                    f"{first_window:.4g}; lower e2e.lr_optics{'_scratch' if variant == 'scratch' else ''} "
-                                    f"({lr_optics}) or e2e.lr_backend")
-        if finished or (next_val <= e.n_val and frac >= next_val / e.n_val):
-            if not row:
-                row.update(budget_used=frac, **times)
-            last_val = do_validation(step, row)
-            while next_val <= e.n_val and frac >= next_val / e.n_val:
-                next_val += 1
-        if row:
-            curves.append(row)
-        if step % e.checkpoint_every == 0 and not finished:
-            save_checkpoint(step)
-    bar.close()
-    if step == start_step and start_step == 0:
-        log.warning("E2E %s: the budget (%.3g %s) allowed no training step", variant, total, plan["basis"])
-    if not curves or curves[-1].get("step") != step or "val_abs_rel" not in curves[-1]:
-        row = {"budget_used": fraction(used()[0]), **used()[1]}
-        last_val = do_validation(step, row)
-        curves.append(row)
-    budget.stop()
-    save_checkpoint(step)  # outlives the outputs: an interruption while they are written costs no retraining
-
-    _save_outputs(cfg, variant, model, front, out_dir, meta, step, plan)
+    _save_outputs(cfg, variant, model, front, out_dir, data.dataset_info(), result.steps, plan)
     model.to(device)
-    write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)
-    spent, times = used()
     fft_per_step = psf_fft_flops(front.system, front.bank.n_elements, len(front.object_distances_m))
-    budget.extra.update(
+    times = result.times
+    summary, kept = trainer.finish(dict(
         variant=variant, budget_mode=plan["mode"], budget_basis=plan["basis"], budget_limit=plan["limit"],
-        budget_used=spent, budget_stages=plan["stages"], budget_stage_s=plan["stage_s"],
+        budget_used=result.spent, budget_stages=plan["stages"], budget_stage_s=plan["stage_s"],
         budget_stage_wall_s=plan["stage_wall_s"], budget_stage_cpu_s=plan["stage_cpu_s"],
         budget_scale=plan["scale"], train_wall_s=times["wall_s"], train_cpu_s=times["cpu_s"],
-        val_wall_s=val_time["wall_s"], val_cpu_s=val_time["cpu_s"], stopped_by=stopped_by,
-        lr_optics=lr_optics, lr_backend=lr_backend if variant == "scratch" else None, train_noise=e.train_noise,
-        n_elements=front.bank.n_elements, n_superpixels=front.system.n_superpixels, batch_size=tc.batch_size,
-        image_height=h, image_width=w, resumed_from_step=start_step,
+        val_wall_s=result.val_time["wall_s"], val_cpu_s=result.val_time["cpu_s"],
+        stopped_by=result.stopped_by, lr_optics=task.lr_optics,
+        lr_backend=task.lr_backend if variant == "scratch" else None, train_noise=e.train_noise,
+        n_elements=front.bank.n_elements, n_superpixels=front.system.n_superpixels,
         flops_note="flops_*: torch.utils.flop_counter (matmuls / convolutions); the PSF FFTs are estimated in fft_flops_*",
-        fft_flops_per_step_est=fft_per_step, fft_flops_total_est=fft_per_step * step,
-        final_val={k: v for k, v in last_val.items()})
-    summary = budget.write(out_dir / "budget.json")
-    if not keep_checkpoint:
-        ckpt_path.unlink(missing_ok=True)
-    return {"variant": variant, "steps": step, "resumed_from_step": start_step, "final_train_loss": last_loss,
-            "val": last_val, "budget": summary, "plan": plan, "stopped_by": stopped_by,
-            "checkpoint": str(ckpt_path) if keep_checkpoint and ckpt_path.is_file() else None}
-
-
-# ----------------------------------------------------------------------------- evaluation
-def _register() -> None:
-    from dko.depth.evaluate import register_predictor
-
-    def builder(noise: bool):
-        def build(ctx):
-            from dko.frontend import build_opto_predictor
-
-            return build_opto_predictor(ctx, noise=noise, layered=False)
-        return build
-
-    for variant in VARIANTS:
-        register_predictor(f"e2e_{variant}")(builder(False))
-        register_predictor(f"e2e_{variant}_noisy")(builder(True))
-
-
-_register()
+        fft_flops_per_step_est=fft_per_step, fft_flops_total_est=fft_per_step * result.steps,
+        final_val=dict(result.val)), keep_checkpoint)
+    return {"variant": variant, "steps": result.steps, "resumed_from_step": result.resumed_from_step,
+            "final_train_loss": result.last_loss, "val": result.val, "budget": summary, "plan": plan,
+            "stopped_by": result.stopped_by, "checkpoint": kept}

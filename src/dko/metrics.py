@@ -110,6 +110,15 @@ def valid_mask(gt: np.ndarray, protocol: str, min_depth_m: float, max_depth_m: f
     return (gt > lo) & (gt < hi) & crop_mask(protocol, *gt.shape)
 
 
+def training_mask(depth, min_depth_m: float, max_depth_m: float):
+    """Pixels a training loss sees: ``depth > 0`` (measured) and ``min_depth_m <= depth <= max_depth_m``.
+
+    ``depth`` is a numpy array or a torch tensor of any shape (metres); the mask has its type and shape. Unlike
+    :func:`valid_mask` (evaluation) the bounds are inclusive, no protocol cap or crop applies.
+    """
+    return (depth > 0) & (depth >= min_depth_m) & (depth <= max_depth_m)
+
+
 def image_errors(gt: np.ndarray, pred: np.ndarray, protocol: str, min_depth_m: float, max_depth_m: float,
                  median_scaling: bool = False) -> tuple[dict[str, float], float] | None:
     """Metrics of one image.

@@ -12,7 +12,7 @@ was seen: whenever torch runs with one intra-op thread. The policy comes from ``
 - ``0``: oneDNN off for every thread count (the safe choice on a CPU you do not trust);
 - ``1``: oneDNN on for every thread count (at your own risk on an AMD EPYC with one thread).
 
-The policy is applied when this module is imported (:mod:`dko.depth.model` and :mod:`dko.opto_layer`, the
+The policy is applied when this module is imported (:mod:`dko.depth.model` and :mod:`dko.frontend.layer`, the
 modules that build DKO's convolutions, import it), by :func:`configure_torch`
 (jobs, benchmarks), and again at every :meth:`dko.depth.model.DepthNet.forward_from_conv1`, the one call
 that every training step (stage 1, E2E) and every evaluation makes before its backward pass, so a thread

@@ -1,7 +1,7 @@
 """Stage 2 (DKO) as pipeline steps: optimise one shard of elements, assemble the front end, write the layout.
 
 * :func:`optimize_shard` - rule ``optimize_metasurface``: the elements of one shard of output channels
-  (:func:`dko.kernels.shards`), initialised by :func:`dko.frontend.initial_designs` (computed for the whole
+  (:func:`dko.frontend.shards`), initialised by :func:`dko.frontend.initial_designs` (computed for the whole
   bank, so an element's start does not depend on the sharding), fitted with :func:`dko.dko.optimize_designs`
   through :func:`dko.frontend.element_psfs` at the optimisation distance(s); checkpoint/resume; its own budget.
 * :func:`assemble_frontend` - rule ``assemble_frontend``: gathers the shards, simulates the realised PSFs at
@@ -24,8 +24,6 @@ Fidelity (``fidelity.csv``, one row per element and evaluated object distance):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -36,16 +34,18 @@ import numpy as np
 import torch
 
 from dko.budget import BudgetRecorder
+from dko.config import EXECUTION_KEYS, Config
 from dko.dko import center_window, fidelity_metrics, kernel_loss, loss_window, optimize_designs
-from dko.frontend import (array_layout, calibrate_gains, design_radius, distances_to_array, element_psfs,
-                          initial_designs, radius_psfs, save_frontend, subset_bank)
-from dko.io import atomic_path, write_csv, write_json
-from dko.kernels import shards
-from dko.opto_layer import KernelBank
+from dko.frontend import (KernelBank, array_layout, calibrate_gains, design_radius, distances_to_array,
+                          element_pitch_m, element_psfs, evaluation_distances, initial_designs, load_frontend,
+                          optimization_distances, psf_fft_flops, radius_psfs, save_frontend, shards)
+from dko.io import atomic_path, check_format, write_csv, write_json
+from dko.io import run_key as hash_run_key
+from dko.optics.gds import read_array_summary, write_array_gds
 from dko.optics.psf import OpticalSystem, is_infinite_distance
+from dko.plots import plot_dko_fidelity_vs_distance, plot_dko_kernel_fit, plot_dko_loss_curves
 
-__all__ = ["SHARD_FORMAT", "n_shards", "optimization_distances", "evaluation_distances", "element_pitch_m",
-           "psf_fft_flops", "optimize_shard", "load_shard", "assemble_frontend", "aggregate_budgets",
+__all__ = ["SHARD_FORMAT", "optimize_shard", "load_shard", "assemble_frontend", "aggregate_budgets",
            "write_frontend_gds"]
 
 log = logging.getLogger(__name__)
@@ -53,80 +53,24 @@ SHARD_FORMAT = "dko.shard/1"
 
 
 # ----------------------------------------------------------------------------- configuration helpers
-def n_shards(n_out: int, shard_size: int) -> int:
-    """Number of optimize_metasurface jobs: ceil(n_out / shard_size)."""
-    if shard_size < 1 or n_out < 1:
-        raise ValueError(f"need n_out >= 1 and dko.shard_size >= 1, got {n_out}, {shard_size}")
-    return -(-n_out // shard_size)
-
-
-def optimization_distances(cfg) -> list[float | None]:
-    """Object distances of the loss: ``optics.object_distances_m[0]`` (``single``) or all of them (``multi``)."""
-    dists = list(cfg.optics.object_distances_m)
-    if cfg.dko.distance_mode == "single":
-        return dists[:1]
-    if cfg.dko.distance_mode == "multi":
-        return dists
-    raise ValueError(f"dko.distance_mode must be 'single' or 'multi', got {cfg.dko.distance_mode!r}")
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    if is_infinite_distance(a) or is_infinite_distance(b):
-        return is_infinite_distance(a) and is_infinite_distance(b)
-    return math.isclose(float(a), float(b), rel_tol=1e-9)
-
-
-def evaluation_distances(cfg) -> list[float | None]:
-    """The optimisation distances (first: the design distance), then the other ``dko.fidelity_distances_m``
-    ascending (infinity last)."""
-    out = optimization_distances(cfg)
-    rest = [z for z in cfg.dko.fidelity_distances_m if not any(_same(z, o) for o in out)]
-    rest = sorted({math.inf if is_infinite_distance(z) else float(z) for z in rest})
-    return out + [None if math.isinf(z) else z for z in rest]
-
-
-def element_pitch_m(cfg) -> float:
-    """``dko.element_pitch_m`` or, when null, max(aperture, max(data.height, data.width) * pixel pitch)."""
-    if cfg.dko.element_pitch_m is not None:
-        return float(cfg.dko.element_pitch_m)
-    aperture = cfg.optics.n_superpixels * cfg.optics.superpixel_m
-    image = max(cfg.data.height, cfg.data.width) * cfg.optics.pixel_pitch_m
-    return float(max(aperture, image))
-
-
-def psf_fft_flops(system: OpticalSystem, n_elements: int, n_distances: int, *, backward: bool = True) -> int:
-    """Estimated FLOPs of the FFTs of one :func:`element_psfs` call (``torch.utils.flop_counter`` counts none).
-
-    Per element and distance: one 2-D FFT of the padded M x M grid (5 M^2 log2(M^2)), the row inverse FFTs of
-    all M rows (5 M^2 log2 M) and the column inverse FFTs of the PSF window's columns (5 M w log2 M), with
-    the backward pass counted as the same again.
-    """
-    m = system.padded_sim_size
-    w = math.ceil(system.psf_size_px * system.pixel_pitch_m / system.sim_pitch_m) + 2
-    per = 5 * m * m * math.log2(m * m) + 5 * m * m * math.log2(m) + 5 * m * min(w, m) * math.log2(m)
-    return int(per * n_elements * n_distances * (2 if backward else 1))
-
-
 # ----------------------------------------------------------------------------- one shard
-_RESUMABLE_DKO_KEYS = ("steps", "checkpoint_every", "log_every", "fidelity_distances_m", "element_pitch_m",
-                       "gds_radius_step_m", "gain_calibration")
+SHARD_BOOKKEEPING_KEYS = ("dko.steps", "dko.checkpoint_every", "dko.log_every", "dko.fidelity_distances_m",
+                          "dko.element_pitch_m", "dko.gds_radius_step_m", "dko.gain_calibration")
+"""dko.* keys a shard's optimisation does not depend on (``dko.steps``: a longer run continues an earlier one)."""
 
 
-def shard_run_key(cfg, bank: KernelBank, index: torch.Tensor) -> str:
-    """Hash of everything a shard's optimisation depends on (a checkpoint resumes only under the same key).
-
-    ``dko.steps`` and output-only settings are left out, so a longer run continues an earlier one.
-    """
-    conf = cfg.to_dict()
-    settings = {"dko": {k: v for k, v in conf["dko"].items() if k not in _RESUMABLE_DKO_KEYS},
-                "optics": conf["optics"], "metaatoms": conf["metaatoms"], "seed": conf["seed"],
-                "elements": [int(i) for i in index.tolist()]}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(bank.targets.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def shard_run_key(cfg: Config, bank: KernelBank, index: torch.Tensor, library=None) -> str:
+    """:func:`dko.io.run_key` of a shard: the configuration minus the execution keys and
+    :data:`SHARD_BOOKKEEPING_KEYS`, with the shard's element indices, target kernels and the meta-atom table
+    (a checkpoint resumes only under the same key)."""
+    table = [] if library is None else [np.ascontiguousarray(a).tobytes()
+                                        for a in (library.radii_m, library.wavelengths_m, library.table)]
+    return hash_run_key(cfg.to_dict(), exclude=(*EXECUTION_KEYS, *SHARD_BOOKKEEPING_KEYS),
+                        extra={"elements": [int(i) for i in index.tolist()]},
+                        extra_bytes=[bank.targets.detach().cpu().numpy().tobytes(), *table])
 
 
-def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | Path, *,
+def optimize_shard(cfg: Config, bank: KernelBank, library, shard: int, out_path: str | Path, *,
                    checkpoint_path: str | Path | None = None, device: Any = "cpu",
                    on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
                    keep_checkpoint: bool = False) -> dict:
@@ -136,7 +80,7 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
         cfg: :class:`dko.config.Config` (``dko``, ``optics``, ``seed``).
         bank: the whole kernel bank (CPU).
         library: :class:`dko.optics.metaatoms.MetaAtomLibrary`.
-        shard: index in ``dko.kernels.shards(bank, cfg.dko.shard_size)``.
+        shard: index in ``dko.frontend.shards(bank, cfg.dko.shard_size)``.
         out_path: result file: ``{"format", "shard", "index" (long (E_s,)), "design" (float32 (E_s, N, N)),
             "radius_m" (float32 (E_s, N, N)), "history" (list of per-step dicts), "budget" (dict), "distances_m"}``.
         checkpoint_path: optimiser checkpoint with the budget so far (resumed when present; removed after
@@ -153,7 +97,7 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     distances = optimization_distances(cfg)
     budget = BudgetRecorder(f"dko_shard{shard}", device)
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    key = shard_run_key(cfg, bank, index)
+    key = shard_run_key(cfg, bank, index, library)
 
     def resume_budget(extra: dict) -> None:
         if "budget" in extra:
@@ -163,7 +107,7 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     history: list[dict] = []
     design = torch.zeros(0, system.n_superpixels, system.n_superpixels)
     if index.numel():
-        sub = subset_bank(bank, index).to(device)
+        sub = bank.subset(index).to(device)
         # the whole bank's initialisation (seeded once): an element starts the same whatever the sharding
         p0 = initial_designs(bank, system, library, noise_std=cfg.dko.init_noise_std, seed=cfg.seed,
                              parametrization=cfg.dko.parametrization)[index].to(device)
@@ -210,7 +154,7 @@ def optimize_shard(cfg, bank: KernelBank, library, shard: int, out_path: str | P
     summary["fft_flops_total_est"] = summary["fft_flops_per_step_est"] * len(history)
     design = design.detach().to("cpu", torch.float32)
     payload = {"format": SHARD_FORMAT, "shard": shard, "index": index.cpu(), "design": design,
-               "radius_m": design_radius(design, subset_bank(bank, index), library,
+               "radius_m": design_radius(design, bank.subset(index), library,
                                          cfg.dko.parametrization).to(torch.float32),
                "history": history, "budget": summary, "distances_m": distances}
     with atomic_path(out_path) as tmp:
@@ -229,8 +173,7 @@ def load_shard(path: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"shard file '{path}' does not exist (run optimize_metasurface)")
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != SHARD_FORMAT:
-        raise ValueError(f"'{path}' is not a {SHARD_FORMAT} file")
+    check_format(payload, SHARD_FORMAT, path, "shard file")
     return payload
 
 
@@ -267,7 +210,7 @@ def _psfs_no_grad(radius_m: torch.Tensor, bank: KernelBank, system: OpticalSyste
     with torch.no_grad():
         for start in range(0, bank.n_elements, chunk):
             idx = torch.arange(start, min(start + chunk, bank.n_elements))
-            p, e = radius_psfs(radius_m[idx], subset_bank(bank, idx), system, library, distances)
+            p, e = radius_psfs(radius_m[idx], bank.subset(idx), system, library, distances)
             psfs.append(p)
             effs.append(e)
     return torch.cat(psfs, dim=1).float(), torch.cat(effs, dim=1).float()
@@ -329,8 +272,6 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
 
     Returns the fidelity summary (with the budget's totals).
     """
-    from dko.plots import plot_dko_fidelity_vs_distance, plot_dko_kernel_fit, plot_dko_loss_curves
-
     out_dir = Path(out_dir)
     system = OpticalSystem.from_config(cfg.optics)
     n = system.n_superpixels
@@ -367,7 +308,7 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
                    loss_window_px=loss_window(bank.kernel_size, cfg.dko.window_factor))
     write_json(out_dir / "fidelity_summary.json", summary)
     save_frontend(out_dir / "frontend.npz", radius_m=radius.float(), psfs=psfs,
-                  object_distances_m=distances, efficiency=eff, gains=gains, kernel_gains=bank.gains, bank=bank,
+                  object_distances_m=distances, efficiency=eff, gains=gains, bank=bank,
                   element_centers_m=centers, system=system,
                   info={"method": "dko", "gain_calibration": cfg.dko.gain_calibration,
                         "optimization_distances_m": distances_to_array(optimization_distances(cfg)).tolist(),
@@ -388,19 +329,15 @@ def assemble_frontend(cfg, bank: KernelBank, library, shard_files: Sequence[str 
 def write_frontend_gds(frontend_path: str | Path, gds_path: str | Path, *, period_m: float,
                        radius_step_m: float = 1e-9) -> dict:
     """GDSII of the array in ``frontend.npz`` and its read-back summary (:mod:`dko.optics.gds`)."""
-    from dko.frontend import load_frontend
-    from dko.optics.gds import read_array_summary, write_array_gds
-
     fe = load_frontend(frontend_path)
-    system = OpticalSystem(superpixel_m=fe.superpixel_m, n_superpixels=fe.n_superpixels,
-                           sensor_distance_m=fe.sensor_distance_m, pixel_pitch_m=fe.pixel_pitch_m, aperture=fe.aperture,
-                           psf_size_px=1)
+    system, bank = fe.system, fe.bank
     mask = system.superpixel_aperture_mask().numpy()
-    names = [f"K{int(k):03d}_C{int(c)}_{'P' if s > 0 else 'N'}" for k, c, s in zip(fe.out_channel, fe.in_channel, fe.sign)]
-    written = write_array_gds(gds_path, fe.radius_m.astype(np.float64), fe.element_centers_m, fe.superpixel_m, period_m,
-                              element_names=names, aperture_mask=mask, radius_step_m=radius_step_m)
+    names = [f"K{int(k):03d}_C{int(c)}_{'P' if s > 0 else 'N'}"
+             for k, c, s in zip(bank.out_channel.tolist(), bank.in_channel.tolist(), bank.sign.tolist())]
+    written = write_array_gds(gds_path, fe.radius_m.astype(np.float64), fe.element_centers_m, system.superpixel_m,
+                              period_m, element_names=names, aperture_mask=mask, radius_step_m=radius_step_m)
     back = read_array_summary(gds_path)
-    expected = int(mask.sum()) * round(fe.superpixel_m / period_m) ** 2
+    expected = int(mask.sum()) * round(system.superpixel_m / period_m) ** 2
     problems = [name for name, el in back["elements"].items() if el["n_pillars"] != expected]
     if len(back["elements"]) != fe.n_elements or problems:
         raise ValueError(f"GDSII '{gds_path}' read back wrong: {len(back['elements'])} elements, "

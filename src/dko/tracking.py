@@ -3,7 +3,10 @@
 Model (DESIGN.md section 6): one MLflow experiment per config ``experiment`` name; one **parent run
 per pipeline invocation**, created once before any job starts (:func:`start_pipeline`, called from
 the Snakefile's ``onstart``); one **child run per job** (:class:`JobTracker`), tagged with the rule,
-its wildcards, the config hash and the git commit, with the resolved config as params.
+its wildcards, the config hash and the git commit, with the resolved config as params. The compare job
+also logs the headline ratios and per-model numbers on the parent run
+(:meth:`JobTracker.log_parent_metrics`), so that the invocation's row of the runs table carries them; the
+experiment carries the kind tag of a model-training experiment (:data:`EXPERIMENT_KIND`).
 
 Robustness rules, from measurements on MLflow 3.x with sqlite (``shared/notes``):
 - the store, the experiment and the parent run are created exactly once, under a file lock, before
@@ -23,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import ssl
 import subprocess
 import time
@@ -40,7 +44,14 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 log = logging.getLogger(__name__)
 
 STATE_FILE = "tracking/pipeline_run.json"
+# The experiment's kind for MLflow's UI (ExperimentKind in its bundled JS; "custom_model_development" is
+# "Machine learning": the runs table). Measured with 3.17.2 in headless Chromium: that UI's global "GenAI | Model
+# training" switch (the URL's ?workflowType=..., default GenAI) overrides the tag, so the dashboard's address
+# selects the mode itself (dko.dashboard.runs_url); the tag keeps the kind for UIs without the switch.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _RETRIES = 6
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 PROBE_TIMEOUT_S = 3.0
 # MLflow's defaults (7 retries, back-off factor 2, 120 s timeout) cost ~4 min per call to a dead server.
 _HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -159,18 +170,52 @@ def _file_lock(path: Path):
 
 
 def _ensure_experiment(client, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name`` (created, or restored if deleted), tagged with :data:`EXPERIMENT_KIND`.
+
+    An existing experiment without the kind tag gets it; one whose kind was chosen (in the UI) keeps it.
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def find_experiment(cfg: Config) -> str | None:
+    """The id of the config's experiment in its local sqlite store, or None if the store or experiment does not
+    exist yet (nothing is created). An existing experiment without the kind tag gets it (:func:`_ensure_experiment`
+    rules), so that a store written before the tag existed carries the same kind.
+
+    Raises:
+        ValueError: ``tracking.uri`` names a server (the dashboard serves local stores only).
+    """
+    uri = tracking_uri(cfg)
+    if is_server(uri):
+        raise ValueError(f"config key 'tracking.uri': expected a local sqlite store, got the server '{uri}'")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    with _file_lock(Path(cfg.results_dir).resolve() / ".mlflow.lock"):
+        client = _client(uri)
+        experiment = _retry(client.get_experiment_by_name, cfg.experiment)
+        if experiment is None or experiment.lifecycle_stage == "deleted":
+            return None
+        return _retry(_ensure_experiment, client, cfg.experiment, artifacts_location(cfg))
 
 
 def _params(cfg: Config) -> list:
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in sorted(flatten(cfg.to_dict()).items())]
+
+
+def metric_name(key: str) -> str:
+    """``key`` with every character MLflow rejects in a metric name (anything but letters, digits, ``_ - . / :``
+    and spaces) replaced by ``_``: a sweep point ``seed~1__optics.f~1e+01`` becomes ``seed_1__optics.f_1e_01``."""
+    return _BAD_NAME_CHARS.sub("_", key)
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -300,6 +345,22 @@ def _pipeline_state(cfg: Config) -> tuple[dict, bool]:
 
 
 # ----------------------------------------------------------------------------- jobs
+def _metric_batch(metrics: Mapping[str, Any], step: int | None) -> list:
+    """MLflow ``Metric`` entities for the finite numeric values of ``metrics`` (names through :func:`metric_name`)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = []
+    for key, value in metrics.items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if value == value and abs(value) != float("inf"):
+            batch.append(Metric(metric_name(str(key)), value, now, int(step or 0)))
+    return batch
+
+
 class JobTracker:
     """Child run of one job. Every method is safe: failures are logged once, never raised.
 
@@ -309,12 +370,14 @@ class JobTracker:
 
     Attributes:
         run_id: the MLflow run id, or None if tracking is disabled, off or failed to start.
+        parent_run_id: the pipeline invocation's parent run (set with ``run_id``).
         failed: True once any tracking call failed or tracking is off (the job's files are unaffected).
     """
 
     def __init__(self, cfg: Config | None, rule: str = "", wildcards: Mapping[str, Any] | None = None,
                  extra_tags: Mapping[str, str] | None = None):
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None
         self.failed = False
         self.errors: list[str] = []
         self._client = None
@@ -351,6 +414,7 @@ class JobTracker:
         }
         run = _retry(self._client.create_run, state["experiment_id"], tags=tags)
         self.run_id = run.info.run_id
+        self.parent_run_id = state["parent_run_id"]
         for chunk in _chunks(_params(cfg), 100):
             _retry(self._client.log_batch, self.run_id, params=chunk)
 
@@ -389,19 +453,24 @@ class JobTracker:
         """Log numeric metrics in one batch (non-finite and non-numeric values are skipped)."""
         if not self.active:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = []
-        for key, value in metrics.items():
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                continue
-            if value == value and abs(value) != float("inf"):
-                batch.append(Metric(key, value, now, int(step or 0)))
-        for chunk in _chunks(batch, 500):
+        for chunk in _chunks(_metric_batch(metrics, step), 500):
             self._safe("log metrics", _retry, self._client.log_batch, self.run_id, metrics=chunk)
+
+    def log_parent_metrics(self, metrics: Mapping[str, float], prefix: str = "") -> None:
+        """Log numeric metrics on the pipeline's **parent** run (the compare job's headline numbers), so that the
+        invocation's row of the runs table (and its run page) carries them.
+
+        Args:
+            metrics: ``{name: value}``; non-finite and non-numeric values are skipped.
+            prefix: prepended to every name, e.g. ``"<sweep point>/"`` so that the points of a sweep, which share
+                one parent run, do not overwrite each other (characters MLflow rejects become ``_``:
+                :func:`metric_name`).
+        """
+        if not self.active or self.parent_run_id is None:
+            return
+        batch = _metric_batch({f"{prefix}{key}": value for key, value in metrics.items()}, step=0)
+        for chunk in _chunks(batch, 500):
+            self._safe("log parent metrics", _retry, self._client.log_batch, self.parent_run_id, metrics=chunk)
 
     def metrics_callback(self, prefix: str = "") -> Callable[[int, Mapping[str, float]], None]:
         """A function ``on_metrics(step, metrics)`` for library training loops."""

@@ -2,9 +2,12 @@
 
 A rule's script builds nothing itself; it calls :func:`run_job` with the injected ``snakemake``
 object and a ``main(job)`` function. :func:`run_job` validates the config into a typed
-:class:`~dko.config.Config`, sends logging to the rule's log file, sets torch threads and the CPU convolution backend
-(:func:`dko.runtime.configure_torch`) and seeds,
-resolves the device, opens the job's MLflow child run, runs ``main`` and closes the run.
+:class:`~dko.config.Config`, checks that the rule's ``params.config`` carries exactly the keys that
+:func:`dko.catalogue.job_config_keys` declares for the job and hands ``main`` a view of the config in which every
+other key raises :class:`~dko.config.UndeclaredConfigRead` (so a job cannot depend on a key whose change would not
+rerun it; the keys it read are logged). It sends logging to the rule's log file, sets torch threads and the CPU
+convolution backend (:func:`dko.runtime.configure_torch`) and seeds, resolves the device, opens the job's MLflow
+child run, runs ``main`` and closes the run.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dko.config import Config, config_from_dict, resolve_device
+from dko.catalogue import job_config_keys
+from dko.config import Config, config_from_dict, declared_config, flatten, resolve_device, restrict_config
 from dko.runtime import configure_torch
 from dko.sweep import point_config
 from dko.tracking import JobTracker
@@ -27,7 +31,7 @@ log = logging.getLogger("dko.workflow")
 
 @dataclass
 class Job:
-    """What a rule's ``main`` gets: typed config, Snakemake's named lists, device and tracker."""
+    """What a rule's ``main`` gets: the job's typed view of the config, Snakemake's named lists, device and tracker."""
 
     cfg: Config
     rule: str
@@ -75,18 +79,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_params_config(rule: str, given: Any, expected: dict) -> None:
+    """ValueError unless a rule's ``params.config`` equals the declared part of the job's config.
+
+    The declaration (:mod:`dko.catalogue`) is what the job may read; params are what Snakemake compares to rerun it.
+    """
+    if given is None:
+        raise ValueError(f"rule {rule} has no 'config' in its params: declare `config=JOB_CONFIG(\"{rule}\")` "
+                         f"(workflow/rules/common.smk) so that Snakemake reruns the job when a key it reads changes")
+    if dict(given) != expected:
+        raise ValueError(f"rule {rule}: params.config holds {sorted(flatten(dict(given)))}, but the job reads "
+                         f"{sorted(flatten(expected))} (dko.catalogue.job_config_keys); pass JOB_CONFIG(\"{rule}\")")
+
+
 def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
     """Run ``main(job)`` for a Snakemake script job; see the module docstring."""
     log_path = Path(smk.log[0]) if len(smk.log) else None
     configure_logging(log_path)
     wildcards = {k: str(v) for k, v in smk.wildcards.items()}
     raw = point_config(smk.config, wildcards["point"]) if "point" in wildcards else smk.config
-    cfg = config_from_dict(raw)
-    threads = max(1, min(int(getattr(smk, "threads", 1) or 1), cfg.threads))
+    full = config_from_dict(raw)
+    declared = job_config_keys(smk.rule, wildcards, full)
+    check_params_config(smk.rule, getattr(smk.params, "config", None), declared_config(full.to_dict(), declared))
+    cfg, reads = restrict_config(full, declared, job=f"{smk.rule}[{','.join(f'{k}={v}' for k, v in wildcards.items())}]")
+    threads = max(1, min(int(getattr(smk, "threads", 1) or 1), full.threads))
     configure_torch(threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    tracker = JobTracker(cfg, rule=smk.rule, wildcards=wildcards)
+    seed_everything(full.seed)
+    device = resolve_device(full.device)
+    tracker = JobTracker(full, rule=smk.rule, wildcards=wildcards)
     job = Job(cfg=cfg, rule=smk.rule, input=smk.input, output=smk.output, params=smk.params, wildcards=wildcards,
               log_path=log_path, threads=threads, device=device, tracker=tracker)
     log.info("rule %s %s on %s with %d thread(s)", smk.rule, wildcards or "", device, threads)
@@ -98,6 +118,7 @@ def run_job(smk: Any, main: Callable[[Job], Any]) -> Any:
             tracker.log_artifact(log_path, "logs")
         tracker.close("FAILED")
         raise
+    log.info("config keys read: %s", ", ".join(sorted(reads.read)) or "none")
     elapsed = time.time() - job.started_s
     tracker.log_metrics({"job_wall_s": elapsed})
     log.info("rule %s finished in %.1f s", smk.rule, elapsed)

@@ -7,8 +7,8 @@ import pytest
 
 from dko.config import config_from_dict
 from dko.data.format import load_split
-from dko.depth.evaluate import (MeanDepthPredictor, RowMeanPredictor, evaluate_model, evaluate_predictor,
-                                register_predictor)
+from dko.catalogue import evaluate_model
+from dko.depth.evaluate import MeanDepthPredictor, RowMeanPredictor, evaluate_predictor, evaluate_predictor_model
 
 
 def test_reference_predictors_hand_values(row_dataset, tmp_path):
@@ -48,12 +48,12 @@ def test_evaluate_model_writes_metrics_and_figure(row_dataset, tmp_path):
         evaluate_model(cfg, "nonexistent", row_dataset, tmp_path / "x")
 
 
-def test_registered_predictor_plugs_in(row_dataset, tmp_path):
-    @register_predictor("test_double_rowmean")
+def test_any_predictor_builder_plugs_in(row_dataset, tmp_path):
     def build(ctx):
         rm = RowMeanPredictor(load_split(ctx.data_dir, "train").depth, 1.0, 80.0)
         return lambda images: 2 * rm(images)
 
     cfg = config_from_dict({"eval": {"n_figure_images": 1}})
-    res = evaluate_model(cfg, "test_double_rowmean", row_dataset, tmp_path / "d")
+    res = evaluate_predictor_model(cfg, "test_double_rowmean", build, row_dataset, tmp_path / "d")
+    assert res["model"] == "test_double_rowmean"
     assert res["metrics"]["abs_rel"] == pytest.approx(1.0, rel=1e-5)  # twice the truth, up to the 80 m clip

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dko.config import config_from_dict
+from tests.depth.conftest import write_row_dataset
 from dko.depth.checkpoint import load_depthnet
-from dko.depth.evaluate import evaluate_model
+from dko.catalogue import evaluate_model
 from dko.depth.train import CHECKPOINT_FILE, lr_factor, train_electronic
 
 TINY = {
@@ -93,5 +94,34 @@ def test_lr_schedule():
     assert lr_factor(52, 100, 4, "cosine") == pytest.approx(0.5)
     assert lr_factor(99, 100, 0, "step") == pytest.approx(0.01)
     assert lr_factor(50, 100, 0, "constant") == 1.0
+    # an unknown schedule is the schema's to refuse (the entry point does not re-check it)
     with pytest.raises(ValueError, match="train.schedule"):
-        lr_factor(5, 10, 0, "linear")
+        config_from_dict({"train": {"schedule": "linear"}})
+
+
+def test_run_key_ignores_bookkeeping_and_execution_keys_only():
+    from dko.depth.train import run_key
+
+    key = run_key(config_from_dict(TINY))
+    bookkeeping = {**TINY, "results_dir": "/elsewhere", "threads": 3,
+                   "train": {**TINY["train"], "log_every": 7, "val_every": 2, "checkpoint_every": 5}}
+    assert run_key(config_from_dict(bookkeeping)) == key
+    assert run_key(config_from_dict({**TINY, "train": {**TINY["train"], "batch_size": 2}})) != key
+    assert run_key(config_from_dict({**TINY, "data": {**TINY["data"], "n_train": 5}})) != key
+    assert run_key(config_from_dict({**TINY, "seed": 4})) != key
+
+
+def test_run_key_changes_when_the_dataset_is_made_anew(tmp_path):
+    """A job's config view lacks the data keys (they made the dataset, an input): the files' identity counts."""
+    import os
+
+    from dko.depth.train import run_key
+
+    data = write_row_dataset(tmp_path / "data")
+    cfg = config_from_dict(TINY)
+    key = run_key(cfg, data)
+    assert run_key(cfg, data) == key and run_key(cfg) != key
+    meta = data / "meta.json"
+    stat = meta.stat()
+    os.utime(meta, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert run_key(cfg, data) != key

@@ -1,18 +1,10 @@
 # Comparison of every evaluated model (dko.compare): summary table, stage costs, DKO-vs-E2E ratios, figures;
-# in a sweep, also one aggregate over all points. Included LAST: EVAL_MODELS is complete here.
-from dko.compare import required_files
-
-
-def _compare_inputs(wc):
-    # Only what the listed models need: a config that disables a stage has fewer models and files.
-    files = required_files(EVAL_MODELS)
-    exp = EXP.replace("{point}", wc.point) if SWEEP else EXP
-    return {kind: [f"{exp}/{path}" for path in paths] for kind, paths in files.items() if paths}
+# in a sweep, also one aggregate over all points.
 
 
 rule compare:
     input:
-        unpack(_compare_inputs),
+        unpack(COMPARE_INPUTS),
     output:
         summary=report(f"{EXP}/compare/summary.csv", caption="../report/compare_summary.rst", category="Comparison"),
         markdown=f"{EXP}/compare/summary.md",
@@ -27,10 +19,11 @@ rule compare:
         psf_kernels=report(f"{EXP}/compare/psf_kernels.png", caption="../report/compare_psf.rst",
                            category="Comparison"),
     params:
-        models=EVAL_MODELS,
-        experiment_dir=lambda wc: EXP.replace("{point}", wc.point) if SWEEP else EXP,
+        config=JOB_CONFIG("compare"),
     log:
         f"{EXP}/logs/compare.log",
+    conda:
+        ENV
     script:
         "../scripts/compare.py"
 
@@ -52,9 +45,11 @@ if SWEEP:
             markdown=f"{SWEEP_DIR}/sweep_summary.md",
             figure=report(f"{SWEEP_DIR}/sweep_abs_rel.png", caption="../report/compare_sweep.rst", category="Sweep"),
         params:
-            points=list(SWEEP),
+            config=JOB_CONFIG("compare_sweep"),
         log:
             f"{SWEEP_DIR}/compare_sweep.log",
+        conda:
+            ENV
         script:
             "../scripts/compare_sweep.py"
 

@@ -1,16 +1,6 @@
-# Stage 2, direct kernel optimization (dko.kernels, dko.stage2, dko.frontend): conv1 of the stage-1 network ->
-# kernel bank -> one optimize_metasurface job per shard of output channels (parallel) -> assembled front end
-# (frontend.npz, fidelity.csv, budget.json, figures) -> GDSII; the DKO models join the evaluate rule.
-import math
-
-
-def _n_shards(wc):
-    cfg = CONF(wc)
-    return math.ceil(cfg["network"]["base_width"] / cfg["dko"]["shard_size"])
-
-
-def _dko_path(wc, path):
-    return path.replace("{point}", wc.point) if SWEEP else path
+# Stage 2, direct kernel optimization (dko.frontend, dko.stage2): conv1 of the stage-1 network -> kernel bank
+# -> one optimize_metasurface job per shard of output channels (parallel) -> assembled front end
+# (frontend.npz, fidelity.csv, budget.json, figures) -> GDSII; the DKO models are evaluated by rule evaluate.
 
 
 wildcard_constraints:
@@ -24,9 +14,11 @@ rule extract_kernels:
         bank=f"{EXP}/dko/kernels.pt",
         plot=report(f"{EXP}/dko/kernels.png", caption="../report/dko_kernels.rst", category="Stage 2 (DKO)"),
     params:
-        wavelengths_m=lambda wc: CONF(wc)["optics"]["wavelengths_m"],
+        config=JOB_CONFIG("extract_kernels"),
     log:
         f"{EXP}/logs/extract_kernels.log",
+    conda:
+        ENV
     script:
         "../scripts/extract_kernels.py"
 
@@ -39,26 +31,22 @@ rule optimize_metasurface:
         shard=f"{EXP}/dko/shards/shard_{{shard}}.pt",
         budget=f"{EXP}/dko/shards/shard_{{shard}}_budget.json",
     params:
-        dko=lambda wc: CONF(wc)["dko"],
-        optics=lambda wc: CONF(wc)["optics"],
-        seed=lambda wc: CONF(wc)["seed"],
+        config=JOB_CONFIG("optimize_metasurface"),
     log:
         f"{EXP}/logs/optimize_metasurface_{{shard}}.log",
     # one thread per shard: on a small machine the shards themselves are the parallelism
     threads: 1
+    conda:
+        ENV
     script:
         "../scripts/optimize_metasurface.py"
-
-
-def _shard_files(wc):
-    return [_dko_path(wc, f"{EXP}/dko/shards/shard_{s}.pt") for s in range(_n_shards(wc))]
 
 
 rule assemble_frontend:
     input:
         bank=f"{EXP}/dko/kernels.pt",
         library=f"{EXP}/metaatoms/library.npz",
-        shards=_shard_files,
+        shards=SHARD_FILES,
     output:
         frontend=f"{EXP}/dko/frontend.npz",
         fidelity=f"{EXP}/dko/fidelity.csv",
@@ -69,11 +57,12 @@ rule assemble_frontend:
         fidelity_vs_distance=report(f"{EXP}/dko/fidelity_vs_distance.png", caption="../report/dko_distance.rst",
                                     category="Stage 2 (DKO)"),
     params:
-        dko=lambda wc: CONF(wc)["dko"],
-        optics=lambda wc: CONF(wc)["optics"],
+        config=JOB_CONFIG("assemble_frontend"),
     log:
         f"{EXP}/logs/assemble_frontend.log",
     threads: lambda wc: CONF(wc)["threads"]
+    conda:
+        ENV
     script:
         "../scripts/assemble_frontend.py"
 
@@ -85,22 +74,14 @@ rule metasurface_gds:
         gds=f"{EXP}/dko/array.gds",
         summary=f"{EXP}/dko/gds_summary.json",
     params:
-        period_m=lambda wc: CONF(wc)["metaatoms"]["period_m"],
-        radius_step_m=lambda wc: CONF(wc)["dko"]["gds_radius_step_m"],
+        config=JOB_CONFIG("metasurface_gds"),
     log:
         f"{EXP}/logs/metasurface_gds.log",
+    conda:
+        ENV
     script:
         "../scripts/metasurface_gds.py"
 
-
-_DKO_EVAL = {
-    "model": f"{EXP}/stage1/model.pt",
-    "frontend": f"{EXP}/dko/frontend.npz",
-    "teacher": f"{EXP}/stage1/model.pt",
-}
-for _name in ("dko", "dko_noisy", "dko_layered"):
-    EVAL_INPUTS[_name] = dict(_DKO_EVAL)
-EVAL_MODELS += ["dko", "dko_noisy", "dko_layered"]
 
 TARGETS += [
     f"{EXP}/dko/kernels.png",
@@ -108,4 +89,4 @@ TARGETS += [
     f"{EXP}/dko/fidelity.csv",
     f"{EXP}/dko/budget.json",
     f"{EXP}/dko/array.gds",
-] + [f"{EXP}/evaluate/{m}/metrics.json" for m in ("dko", "dko_noisy", "dko_layered")]
+]

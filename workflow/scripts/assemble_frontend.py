@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dko.kernels import load_kernel_bank
+from dko.frontend import load_kernel_bank
 from dko.optics.metaatoms import MetaAtomLibrary
 from dko.stage2 import assemble_frontend
 from dko.workflow import run_job

@@ -7,9 +7,10 @@ from dko.workflow import run_job
 
 
 def main(job):
-    summaries = dict(zip(job.params.points, job.input.summaries))
+    summaries = {Path(path).parents[1].name: path for path in job.input.summaries}  # <point>/compare/summary.csv
     out_dir = Path(job.output.summary).parent
-    result = compare_sweep(job.cfg.to_dict(), summaries, out_dir, title=f"DKO sweep: experiment {job.cfg.experiment}",
+    sweep = {"grid": job.cfg.sweep.grid, "table": job.cfg.sweep.table}
+    result = compare_sweep({"sweep": sweep}, summaries, out_dir, title=f"DKO sweep: experiment {job.cfg.experiment}",
                            figure=job.output.figure)
     ratios = result["ratios"]
     if len(ratios):  # headline ratios averaged over each group (e.g. over seeds)

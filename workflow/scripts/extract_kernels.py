@@ -1,7 +1,7 @@
-"""Rule extract_kernels: conv1 of the stage-1 network -> kernel bank (targets, gains, bias; see dko.kernels)."""
+"""Rule extract_kernels: conv1 of the stage-1 network -> kernel bank (targets, gains, bias; see dko.frontend.bank)."""
 
 from dko.depth.checkpoint import load_depthnet
-from dko.kernels import extract_kernel_bank, plot_kernel_bank, save_kernel_bank
+from dko.frontend import extract_kernel_bank, plot_kernel_bank, save_kernel_bank
 from dko.workflow import run_job
 
 

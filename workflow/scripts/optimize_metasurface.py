@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from dko.budget import numeric
-from dko.kernels import load_kernel_bank
+from dko.frontend import load_kernel_bank
+from dko.io import write_json
 from dko.optics.metaatoms import MetaAtomLibrary
 from dko.stage2 import optimize_shard
-from dko.io import write_json
 from dko.workflow import run_job
 
 

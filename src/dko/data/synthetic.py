@@ -820,8 +820,6 @@ def prepare_synthetic(cfg, out_dir: str | Path) -> dict:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"config key 'data.n_{split}' must be a positive integer for synthetic data (got {n!r})")
         counts[split] = n
-    if data.workers < 1:
-        raise ValueError(f"config key 'data.workers' must be >= 1 (got {data.workers})")
     H, W = int(data.height), int(data.width)
     (out_dir / "meta.json").unlink(missing_ok=True)     # meta.json marks a complete dataset: drop a stale one first
     start = time.perf_counter()

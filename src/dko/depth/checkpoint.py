@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dko.io import atomic_path
+from dko.io import atomic_path, check_format
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def load_depthnet(path: str | Path, device: str | torch.device = "cpu"):
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"model file '{path}' could not be read: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"model file '{path}' is not a {MODEL_FORMAT} file")
+    check_format(payload, MODEL_FORMAT, path, "model file")
     model = build_from_arch(payload["arch"])
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload

@@ -1,11 +1,12 @@
 """Depth evaluation of any predictor on a prepared dataset split, with :mod:`dko.metrics`.
 
 A *predictor* is a function ``predict(images) -> depth``: uint8 (B, H, W, 3) linear RGB -> float
-(B, H, W) metres. :func:`evaluate_predictor` runs one over a split. Named predictors are built by
-functions registered with :func:`register_predictor` (``electronic``, ``mean``, ``rowmean`` here;
-later stages register ``dko``, ``e2e``, ... the same way), so the workflow's single ``evaluate`` rule
-serves every model through its ``{model}`` wildcard: :func:`evaluate_model` builds the predictor,
-evaluates the test split and writes ``metrics.json`` and an example figure.
+(B, H, W) metres. :func:`evaluate_predictor` runs one over a split. A *builder* makes a predictor from a
+:class:`PredictorContext` (``build_electronic``, ``build_mean``, ``build_rowmean`` here; the opto-electronic
+models' builders live in :mod:`dko.frontend`); the model catalogue (:mod:`dko.catalogue`) maps model names to
+builders, so the workflow's single ``evaluate`` rule serves every model through its ``{model}`` wildcard:
+:func:`evaluate_predictor_model` builds the predictor, evaluates the test split and writes ``metrics.json`` and an
+example figure.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from dko.config import Config
 from dko.data.format import Split, load_split, read_meta
 from dko.io import atomic_path, write_json
-from dko.metrics import MetricAccumulator
+from dko.metrics import MetricAccumulator, training_mask
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,6 @@ def model_predictor(model, device: Any = "cpu") -> PredictFn:
     return predict
 
 
-def _train_valid(depth: np.ndarray, min_depth_m: float, max_depth_m: float) -> np.ndarray:
-    return (depth > 0) & (depth >= min_depth_m) & (depth <= max_depth_m)
-
-
 class MeanDepthPredictor:
     """Predicts the training set's mean valid depth (metres) at every pixel of every image."""
 
@@ -94,7 +92,7 @@ class MeanDepthPredictor:
         total, count = 0.0, 0
         for d in train_depth:  # image by image: memory-mapped splits stay on disk
             d = np.asarray(d, dtype=np.float64)
-            v = _train_valid(d, min_depth_m, max_depth_m)
+            v = training_mask(d, min_depth_m, max_depth_m)
             total += float(d[v].sum())
             count += int(v.sum())
         if count == 0:
@@ -114,7 +112,7 @@ class RowMeanPredictor:
         sums, counts = np.zeros(height), np.zeros(height)
         for d in train_depth:
             d = np.asarray(d, dtype=np.float64)
-            v = _train_valid(d, min_depth_m, max_depth_m)
+            v = training_mask(d, min_depth_m, max_depth_m)
             sums += np.where(v, d, 0.0).sum(axis=1)
             counts += v.sum(axis=1)
         if counts.sum() == 0:
@@ -129,7 +127,7 @@ class RowMeanPredictor:
         return np.broadcast_to(self.row_depth_m[None, :, None], (b, h, w)).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- predictor builders
 @dataclass
 class PredictorContext:
     """What a predictor builder gets: config, dataset folder, the rule's named inputs, device."""
@@ -141,25 +139,16 @@ class PredictorContext:
     device: Any = "cpu"
 
 
-PREDICTORS: dict[str, Callable[[PredictorContext], PredictFn]] = {}
-
-
-def register_predictor(name: str):
-    """Decorator: ``@register_predictor("dko")`` on ``build(ctx: PredictorContext) -> PredictFn``."""
-
-    def wrap(fn):
-        PREDICTORS[name] = fn
-        return fn
-
-    return wrap
+PredictorBuilder = Callable[[PredictorContext], PredictFn]
+"""``build(ctx) -> PredictFn``: what a catalogue entry (:data:`dko.catalogue.MODELS`) holds."""
 
 
 def _depth_range(meta: dict) -> tuple[float, float]:
     return float(meta["min_depth_m"]), float(meta["max_depth_m"])
 
 
-@register_predictor("electronic")
-def _build_electronic(ctx: PredictorContext) -> PredictFn:
+def build_electronic(ctx: PredictorContext) -> PredictFn:
+    """The stage-1 network of input ``model`` (a DepthNet checkpoint)."""
     from dko.depth.checkpoint import load_depthnet
 
     if "model" not in ctx.inputs:
@@ -168,45 +157,28 @@ def _build_electronic(ctx: PredictorContext) -> PredictFn:
     return model_predictor(model, ctx.device)
 
 
-@register_predictor("mean")
-def _build_mean(ctx: PredictorContext) -> PredictFn:
+def build_mean(ctx: PredictorContext) -> PredictFn:
+    """The training split's mean depth everywhere (a reference)."""
     return MeanDepthPredictor(load_split(ctx.data_dir, "train").depth, *_depth_range(ctx.meta))
 
 
-@register_predictor("rowmean")
-def _build_rowmean(ctx: PredictorContext) -> PredictFn:
+def build_rowmean(ctx: PredictorContext) -> PredictFn:
+    """The training split's mean depth per image row (a reference)."""
     return RowMeanPredictor(load_split(ctx.data_dir, "train").depth, *_depth_range(ctx.meta))
 
 
-# Modules whose import registers more predictors (opto-electronic models); imported on first use.
-PREDICTOR_MODULES = ("dko.frontend", "dko.e2e")
+def evaluate_predictor_model(cfg: Config, model: str, build: PredictorBuilder, data_dir: str | Path,
+                             out_dir: str | Path, inputs: Mapping[str, str] | None = None, device: Any = "cpu",
+                             split: str = "test", figure: str | Path | None = None,
+                             examples: str | Path | None = None) -> dict:
+    """Evaluate the predictor that ``build`` makes on ``split`` of the dataset and write ``out_dir/metrics.json``.
 
-
-def _import_predictor_modules() -> None:
-    import importlib
-    import importlib.util
-
-    for module in PREDICTOR_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
-def build_predictor(name: str, ctx: PredictorContext) -> PredictFn:
-    if name not in PREDICTORS:
-        _import_predictor_modules()
-    if name not in PREDICTORS:
-        raise ValueError(f"unknown model '{name}' to evaluate (known: {sorted(PREDICTORS)})")
-    return PREDICTORS[name](ctx)
-
-
-def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, inputs: Mapping[str, str] | None = None,
-                   device: Any = "cpu", split: str = "test", figure: str | Path | None = None,
-                   examples: str | Path | None = None) -> dict:
-    """Evaluate predictor ``model`` on ``split`` of the dataset and write ``out_dir/metrics.json``.
+    The workflow calls this through :func:`dko.catalogue.evaluate_model`, which looks ``build`` up by model name.
 
     Args:
         cfg: :class:`dko.config.Config` (``eval`` section: median_scaling, n_figure_images).
-        model: registered predictor name (``electronic``, ``mean``, ``rowmean``, ...).
+        model: the model's name (written into the outputs).
+        build: ``build(ctx: PredictorContext) -> PredictFn``.
         data_dir: prepared dataset folder (``meta.json``).
         inputs: files the predictor needs, e.g. ``{"model": ".../stage1/model.pt"}``.
         figure: PNG path of the input / ground truth / prediction figure (default ``out_dir/examples.png``).
@@ -221,7 +193,7 @@ def evaluate_model(cfg, model: str, data_dir: str | Path, out_dir: str | Path, i
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     meta = read_meta(data_dir)
     ctx = PredictorContext(cfg=cfg, data_dir=data_dir, meta=meta, inputs=dict(inputs or {}), device=device)
-    predict = build_predictor(model, ctx)
+    predict = build(ctx)
     data = load_split(data_dir, split)
     lo, hi = _depth_range(meta)
     t = time.perf_counter()

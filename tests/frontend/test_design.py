@@ -1,22 +1,15 @@
-"""The shared optical front end: initialisation, PSF model, frontend.npz, gains, layout, opto-electronic predictor."""
-
-import math
-import subprocess
-import sys
+"""Design variables -> PSFs, gains and geometry (dko.frontend.design): initialisation, the PSF model of DKO and
+E2E, gain calibration, array layout, the distances and pitch read from the config."""
 
 import numpy as np
 import pytest
 import torch
 
 from dko.config import config_from_dict
-from dko.depth.checkpoint import save_depthnet
-from dko.depth.evaluate import PredictorContext
-from dko.depth.model import DepthNet
-from dko.dko import center_window
-from dko.frontend import (FrontEnd, array_layout, build_opto_predictor, calibrate_gains, design_radius, element_psfs,
-                          initial_designs, load_frontend, radius_psfs, save_frontend, subset_bank)
-from dko.opto_layer import OptoConv1, build_kernel_bank, ideal_psfs
-from dko.optics.metaatoms import MetaAtomLibrary
+from dko.dko import center_window, fidelity_metrics, optimize_designs
+from dko.frontend import (OptoConv1, array_layout, build_kernel_bank, calibrate_gains, design_radius, element_pitch_m,
+                          element_psfs, evaluation_distances, ideal_psfs, initial_designs, optimization_distances,
+                          psf_fft_flops, radius_psfs)
 from dko.optics.psf import (OpticalSystem, geometric_defocus_diameter_m, ideal_lens_phase, psf_from_radii,
                             wrap_phase)
 
@@ -24,23 +17,13 @@ torch.set_num_threads(2)
 WLS = [6.4e-7, 5.5e-7, 4.6e-7]
 
 
-@pytest.fixture(scope="module")
-def library():
-    return MetaAtomLibrary.default()
-
-
-@pytest.fixture(scope="module")
-def system():
-    # 24 superpixels (28.8 um) at 1.2 um, sensor at 0.2 mm: Airy radius ~1 pixel at 550 nm
-    return OpticalSystem(superpixel_m=1.2e-6, n_superpixels=24, sensor_distance_m=2.0e-4, pixel_pitch_m=2.74e-6,
-                         psf_size_px=15)
-
-
-@pytest.fixture(scope="module")
-def bank():
-    torch.manual_seed(0)
-    w = torch.randn(2, 3, 5, 5)
-    return build_kernel_bank(w, 0.45, 0.225, WLS, stride=2)
+def _cfg(tmp_path, **dko):
+    return config_from_dict({
+        "results_dir": str(tmp_path), "seed": 1,
+        "optics": {"n_superpixels": 24, "superpixel_m": 1.2e-6, "sensor_distance_m": 2.0e-4, "psf_size_px": 15,
+                   "object_distances_m": [10.0, 2.0]},
+        "dko": {"fidelity_distances_m": [1.0, None, 10.0], **dko},
+    })
 
 
 def test_initial_designs_focus_and_noise(bank, system, library):
@@ -66,7 +49,7 @@ def test_initial_designs_focus_and_noise(bank, system, library):
 @pytest.mark.parametrize("parametrization", ["phase", "radius"])
 def test_element_psfs_are_the_realised_radii_psfs_and_differentiable(bank, system, library, parametrization):
     """The PSFs the optimiser sees are those of the pillar radii that are written out (same physics)."""
-    sub = subset_bank(bank, [0, 5])
+    sub = bank.subset([0, 5])
     p = initial_designs(sub, system, library, noise_std=0.3, seed=1,
                         parametrization=parametrization).double().requires_grad_(True)
     psfs, eff = element_psfs(p, sub, system, library, [10.0, 0.002], parametrization)
@@ -86,7 +69,7 @@ def test_element_psfs_are_the_realised_radii_psfs_and_differentiable(bank, syste
 
 
 def test_phase_initialisation_is_the_wrapped_lens_and_realises_it(bank, system, library):
-    sub = subset_bank(bank, [2])  # 550 nm
+    sub = bank.subset([2])  # 550 nm
     p = initial_designs(sub, system, library, noise_std=0.0, seed=0, parametrization="phase")
     lens = wrap_phase(ideal_lens_phase(system, float(sub.wavelength_m[0]), None)).float()
     assert torch.allclose(p[0], lens)
@@ -100,7 +83,7 @@ def test_phase_initialisation_is_the_wrapped_lens_and_realises_it(bank, system, 
 
 def test_near_object_is_defocused(bank, system, library):
     """A lens focused at infinity blurs a point at z_o into a disk of diameter D z_s / z_o."""
-    sub = subset_bank(bank, [2])  # 550 nm
+    sub = bank.subset([2])  # 550 nm
     p = initial_designs(sub, system, library, noise_std=0.0, seed=0)
     z_near = 3.0e-4
     blur = geometric_defocus_diameter_m(system.aperture_m, system.sensor_distance_m, system.sensor_distance_m, z_near)
@@ -124,7 +107,7 @@ def test_calibrated_gains_reproduce_the_dc_response(bank):
     blur = torch.rand(bank.n_elements, 9, 9) * 0.02
     psf = ideal_psfs(bank, 9) * 0.7 + blur  # 70 % efficiency plus a halo
     gains = calibrate_gains(psf, bank.gains, bank.kernel_size, "total")
-    layer = OptoConv1(bank.__class__(**{**bank.state_dict(), "gains": gains}), psf)
+    layer = OptoConv1(bank.replace(gains=gains), psf)
     ref = OptoConv1(bank, ideal_psfs(bank, 9))
     x = torch.full((1, 3, 21, 21), 0.3)
     # away from the border (the layer pads with the normalisation mean, and the halo reaches further)
@@ -148,129 +131,29 @@ def test_array_layout_grid(bank):
         array_layout(bank, 0.0)
 
 
-def _frontend(tmp_path, bank, system, psfs, distances):
-    e = bank.n_elements
-    eff = psfs.sum(dim=(-2, -1))
-    return save_frontend(tmp_path / "frontend.npz", radius_m=torch.full((e, 24, 24), 8e-8), psfs=psfs,
-                         object_distances_m=distances, efficiency=eff, gains=bank.gains, kernel_gains=bank.gains,
-                         bank=bank, element_centers_m=array_layout(bank, 1e-4), system=system, info={"method": "test"})
+def test_distances_and_pitch_from_the_config(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert optimization_distances(cfg) == [10.0]
+    assert evaluation_distances(cfg) == [10.0, 1.0, None]  # design first, then ascending, infinity last
+    multi = _cfg(tmp_path, distance_mode="multi")
+    assert optimization_distances(multi) == [10.0, 2.0]
+    assert evaluation_distances(multi) == [10.0, 2.0, 1.0, None]
+    # null pitch: the larger of the aperture (28.8 um) and one element's image (320 px x 2.74 um)
+    assert element_pitch_m(cfg) == pytest.approx(320 * 2.74e-6)
+    assert element_pitch_m(_cfg(tmp_path, element_pitch_m=1e-3)) == 1e-3
 
 
-def test_frontend_file_roundtrip_and_errors(tmp_path, bank, system):
-    psfs = torch.stack([ideal_psfs(bank, 15), ideal_psfs(bank, 15) * 0.5])
-    fe = _frontend(tmp_path, bank, system, psfs, [10.0, None])
-    back = load_frontend(tmp_path / "frontend.npz")
-    assert isinstance(back, FrontEnd) and back.distances == [10.0, None]
-    for name in ("radius_m", "psfs", "gains", "targets", "sign", "out_channel", "in_channel", "wavelength_m", "bias",
-                 "element_centers_m"):
-        assert np.array_equal(getattr(back, name), getattr(fe, name)), name
-    assert (back.stride, back.padding, back.n_out, back.n_in, back.n_superpixels) == (2, 2, 2, 3, 24)
-    assert back.info == {"method": "test"}
-    rebuilt = back.bank()
-    assert torch.allclose(rebuilt.folded_weight(), bank.folded_weight(), atol=1e-6)
-    with pytest.raises(ValueError, match="does not exist"):
-        load_frontend(tmp_path / "missing.npz")
-    np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="not a dko.frontend"):
-        load_frontend(tmp_path / "other.npz")
-    with pytest.raises(ValueError, match="psfs"):
-        _frontend(tmp_path, bank, system, psfs[..., 6:9, 6:9], [10.0, None])  # window smaller than k
-
-
-@pytest.fixture(scope="module")
-def net_files(tmp_path_factory):
-    torch.manual_seed(5)
-    tmp = tmp_path_factory.mktemp("net")
-    net = DepthNet(blocks_per_stage=(1, 1, 1, 1), base_width=4, conv1_kernel=5, min_depth_m=1.0, max_depth_m=80.0,
-                   decoder_channels=(4, 4, 8, 8, 8)).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    path = save_depthnet(net, tmp / "model.pt")
-    return net, path
-
-
-def _ctx(tmp_path, inputs):
-    cfg = config_from_dict({"results_dir": str(tmp_path)})
-    return PredictorContext(cfg=cfg, data_dir=tmp_path, meta={}, inputs=inputs, device="cpu")
-
-
-def test_opto_predictor_with_perfect_psfs_equals_the_electronic_network(tmp_path, net_files, system):
-    net, model_path = net_files
-    conv = net.conv1
-    bank = build_kernel_bank(conv.weight.detach(), net.norm_mean, net.norm_std, WLS, stride=2)
-    # two distances with the same perfect PSFs; a halo-free element equals its target
-    psfs = torch.stack([ideal_psfs(bank, 15), ideal_psfs(bank, 15)])
-    _frontend(tmp_path, bank, system, psfs, [10.0, 2.0])
-    inputs = {"model": str(model_path), "frontend": str(tmp_path / "frontend.npz"), "teacher": str(model_path)}
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(2, 32, 48, 3), dtype=np.uint8)
-    depth = rng.uniform(1.0, 80.0, size=(2, 32, 48)).astype(np.float32)
-    ref = net.predict_depth(torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0)[:, 0].numpy()
-    pred = build_opto_predictor(_ctx(tmp_path, inputs), noise=False, layered=False)
-    out = pred(images)
-    assert np.allclose(out, ref, rtol=1e-4)
-    extra = pred.extra_metrics()
-    assert extra["conv1_feature_rel_l2"] < 1e-5 and extra["teacher_abs_rel"] < 1e-4 and extra["teacher_delta1"] == 1.0
-    layered = build_opto_predictor(_ctx(tmp_path, inputs), noise=False, layered=True)
-    assert layered.needs_depth
-    assert np.allclose(layered(images, depth), ref, rtol=1e-4)
-    with pytest.raises(ValueError, match="ground-truth depth"):
-        layered(images)
-    noisy = build_opto_predictor(_ctx(tmp_path, inputs), noise=True, layered=False)
-    a = noisy(images)
-    assert not np.allclose(a, ref) and np.abs(a - ref).mean() / ref.mean() < 0.2
-    assert noisy.extra_metrics()["conv1_feature_rel_l2"] > 1e-4
-
-
-def test_layered_predictor_uses_the_psf_of_each_depth(tmp_path, net_files, system):
-    """Far layer: perfect PSFs; near layer: a blurred PSF. All-far depth = perfect; all-near = blurred."""
-    net, model_path = net_files
-    bank = build_kernel_bank(net.conv1.weight.detach(), net.norm_mean, net.norm_std, WLS, stride=2)
-    sharp = ideal_psfs(bank, 15)
-    blurred = torch.nn.functional.avg_pool2d(sharp[:, None], 5, stride=1, padding=2)[:, 0]
-    _frontend(tmp_path, bank, system, torch.stack([sharp, blurred]), [10.0, 1.0])
-    inputs = {"model": str(model_path), "frontend": str(tmp_path / "frontend.npz")}
-    images = np.random.default_rng(1).integers(0, 256, size=(1, 32, 48, 3), dtype=np.uint8)
-    pred = build_opto_predictor(_ctx(tmp_path, inputs), noise=False, layered=True)
-    ref = net.predict_depth(torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0)[:, 0].numpy()
-    far = pred(images, np.full((1, 32, 48), 50.0, np.float32))
-    near = pred(images, np.full((1, 32, 48), 1.0, np.float32))
-    assert np.allclose(far, ref, rtol=1e-4)
-    assert not np.allclose(near, ref, rtol=1e-3)
-    # the fused (one dense conv per layer) path equals the layer's per-element image formation
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    depth = torch.where(torch.rand(1, 32, 48, generator=torch.Generator().manual_seed(0)) < 0.5, 1.0, 50.0)
-    pred.front.depth_m = depth
-    assert torch.allclose(pred.front(x), pred.front.layer(x, depth), rtol=1e-4, atol=1e-4)
-    assert pred.extra_metrics() == {}  # no teacher given
-
-
-def test_predictor_rejects_a_mismatched_front_end(tmp_path, net_files, system, bank):
-    _, model_path = net_files
-    _frontend(tmp_path, bank, system, ideal_psfs(bank, 15)[None], [10.0])  # a 2-output front end
-    with pytest.raises(ValueError, match="does not fit conv1"):
-        build_opto_predictor(_ctx(tmp_path, {"model": str(model_path), "frontend": str(tmp_path / "frontend.npz")}),
-                             noise=False, layered=False)
-
-
-def test_evaluate_registers_the_dko_predictors_on_first_use():
-    code = ("import dko.depth.evaluate as ev\n"
-            "assert 'dko' not in ev.PREDICTORS\n"
-            "try:\n    ev.build_predictor('dko', None)\nexcept Exception:\n    pass\n"
-            "assert {'dko', 'dko_noisy', 'dko_layered'} <= set(ev.PREDICTORS), sorted(ev.PREDICTORS)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_psf_fft_flops_scale_with_elements_distances_and_backward(system):
+    one = psf_fft_flops(system, 1, 1)
+    assert one > 0
+    assert psf_fft_flops(system, 6, 2) == pytest.approx(12 * one, rel=1e-9, abs=12)
+    assert psf_fft_flops(system, 1, 1, backward=False) == pytest.approx(one / 2, abs=1)
 
 
 def test_phase_parametrisation_realises_smooth_kernels_with_the_light_in_the_window(library):
     """DKO at NA 0.36 (0.6 um superpixels): smooth 5 x 5 kernels of all three colours are realised to a few
     percent with >75 % of the transmitted light inside the kernel window by the phase parametrisation; the
     radius (logit) parametrisation, which cannot wrap a superpixel through 2 pi, keeps far less light there."""
-    from dko.dko import fidelity_metrics, optimize_designs
-
     system = OpticalSystem(superpixel_m=0.6e-6, n_superpixels=48, sensor_distance_m=3.7e-5, pixel_pitch_m=2.74e-6,
                            psf_size_px=11)
     torch.manual_seed(0)

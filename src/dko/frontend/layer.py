@@ -1,16 +1,6 @@
-"""Opto-electronic conv1: a trained first convolution realised by metasurface PSFs (DESIGN.md section 3).
+"""The opto-electronic conv1: a trained first convolution realised by metasurface PSFs (DESIGN.md section 3).
 
-Kernels -> optics (:func:`build_kernel_bank`)
----------------------------------------------
-conv1 computes ``y_k = sum_c W[k, c] * ((x_c - mu_c) / sigma_c) + b_k`` (``*`` = conv2d, a
-correlation) on the normalised input. Optics sees the raw intensity ``x``, so the normalisation is
-folded: ``W'[k, c] = W[k, c] / sigma_c`` and ``b'_k = b_k - sum_c mu_c sum(W'[k, c])``. The electronic
-layer zero-pads the *normalised* input, i.e. pads the raw input with ``mu_c``; the optical layer
-pads the raw input with ``mu_c`` too (:attr:`KernelBank.pad_value`), which makes the two identical
-at the borders as well. Each kernel is split ``W' = W+ - W-`` (``W+- = max(+-W', 0)``); every
-non-zero part becomes one optical element with target PSF ``rot180(W+- / sum(W+-))`` (optics
-convolves, conv2d correlates) and electronic gain ``g = sum(W+-)``. Element e reads input channel
-``in_channel[e]`` at ``wavelength_m[e] = wavelengths_m[in_channel[e]]``.
+The elements are a :class:`dko.frontend.bank.KernelBank` (the folded, split kernels and their gains).
 
 Forward (:class:`OptoConv1`)
 ----------------------------
@@ -34,7 +24,6 @@ depth of the nearest image pixel.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -42,142 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import dko.runtime  # noqa: F401 - CPU convolutions without oneDNN (see dko.runtime)
+from dko.frontend.bank import KernelBank
 from dko.optics.sensor import SensorModel, apply_sensor_noise
 
-__all__ = ["KernelBank", "build_kernel_bank", "ideal_psfs", "OptoConv1", "nearest_distance_index"]
-
-
-@dataclass(frozen=True)
-class KernelBank:
-    """The optical elements realising one conv1 (tensors on one device; E elements, K outputs, C inputs).
-
-    Attributes:
-        targets: float (E, k, k) target PSFs (non-negative, each summing to 1, already rotated 180 deg).
-        gains: float (E,) electronic gains g = sum(W+-).
-        sign: float (E,) +1 / -1.
-        out_channel: long (E,) output channel k of each element.
-        in_channel: long (E,) input channel c of each element.
-        wavelength_m: float64 (E,) wavelength of each element, metres.
-        bias: float (K,) folded bias b'.
-        pad_value: float (C,) raw-input value used for padding (= the normalisation mean mu_c).
-        stride: conv stride (int).
-        padding: conv padding (int).
-        n_out: K.
-        n_in: C.
-    """
-
-    targets: torch.Tensor
-    gains: torch.Tensor
-    sign: torch.Tensor
-    out_channel: torch.Tensor
-    in_channel: torch.Tensor
-    wavelength_m: torch.Tensor
-    bias: torch.Tensor
-    pad_value: torch.Tensor
-    stride: int
-    padding: int
-    n_out: int
-    n_in: int
-
-    @property
-    def n_elements(self) -> int:
-        return int(self.targets.shape[0])
-
-    @property
-    def kernel_size(self) -> int:
-        return int(self.targets.shape[-1])
-
-    def folded_weight(self) -> torch.Tensor:
-        """The folded conv weight W' (K, C, k, k) reconstructed from the elements."""
-        k = self.kernel_size
-        w = torch.zeros(self.n_out, self.n_in, k, k, dtype=self.targets.dtype, device=self.targets.device)
-        parts = torch.flip(self.targets, dims=(-2, -1)) * (self.sign * self.gains)[:, None, None]
-        w.index_put_((self.out_channel, self.in_channel), parts, accumulate=True)
-        return w
-
-    def to(self, device=None, dtype=None) -> "KernelBank":
-        """Copy on another device / float dtype (integer fields keep their dtype; wavelengths stay float64)."""
-        values = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                keep = v.dtype in (torch.long, torch.float64) and f.name in ("out_channel", "in_channel", "wavelength_m")
-                v = v.to(device=device) if keep or dtype is None else v.to(device=device, dtype=dtype)
-            values[f.name] = v
-        return KernelBank(**values)
-
-    def state_dict(self) -> dict:
-        """Plain dict (tensors + ints) for ``torch.save`` / npz; inverse: ``KernelBank(**d)``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _per_channel(value, n: int, name: str, dtype, device) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=dtype, device=device).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n).clone()
-    if t.numel() != n:
-        raise ValueError(f"{name} must be a scalar or have one value per input channel ({n}), got {t.numel()}")
-    return t
-
-
-def build_kernel_bank(weight: torch.Tensor, norm_mean, norm_std, wavelengths_m: Sequence[float], *,
-                      bias: torch.Tensor | None = None, stride: int = 2, padding: int | None = None,
-                      eps: float = 0.0) -> KernelBank:
-    """Turn a conv1 weight into optical elements (see the module docstring).
-
-    Args:
-        weight: float (K, C, k, k) conv1 weight (k odd).
-        norm_mean, norm_std: input normalisation, scalar or (C,) (the network computes (x - mean) / std).
-        wavelengths_m: C wavelengths, metres (input channel c -> wavelengths_m[c]).
-        bias: optional (K,) conv bias (ResNet conv1 has none).
-        stride, padding: of the conv (padding defaults to k // 2).
-        eps: parts whose gain is <= eps are dropped (0 keeps every non-zero part).
-    Returns:
-        A :class:`KernelBank` on ``weight``'s device and float dtype, elements ordered by
-        (out_channel, in_channel, sign +, -).
-    """
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
-        raise ValueError(f"weight must be a (K, C, k, k) tensor, got {getattr(weight, 'shape', type(weight))}")
-    n_out, n_in, kh, kw = weight.shape
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"conv1 kernel must be square with odd size, got {kh}x{kw}")
-    if len(wavelengths_m) != n_in:
-        raise ValueError(f"optics.wavelengths_m has {len(wavelengths_m)} entries but conv1 has {n_in} input channels")
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    padding = kh // 2 if padding is None else int(padding)
-    w = weight.detach()
-    dtype, device = w.dtype, w.device
-    mean = _per_channel(norm_mean, n_in, "norm_mean", dtype, device)
-    std = _per_channel(norm_std, n_in, "norm_std", dtype, device)
-    if torch.any(std <= 0):
-        raise ValueError(f"norm_std must be positive, got {std.tolist()}")
-    folded = w / std[None, :, None, None]
-    b = torch.zeros(n_out, dtype=dtype, device=device) if bias is None else bias.detach().to(dtype).reshape(n_out).clone()
-    b = b - (folded.sum(dim=(-2, -1)) * mean[None, :]).sum(dim=1)
-    targets, gains, signs, outs, ins, wls = [], [], [], [], [], []
-    for k in range(n_out):
-        for c in range(n_in):
-            for s in (1.0, -1.0):
-                part = torch.clamp(s * folded[k, c], min=0.0)
-                g = part.sum()
-                if float(g) <= eps or float(g) == 0.0:
-                    continue
-                targets.append(torch.flip(part / g, dims=(-2, -1)))
-                gains.append(g)
-                signs.append(s)
-                outs.append(k)
-                ins.append(c)
-                wls.append(float(wavelengths_m[c]))
-    if not targets:
-        raise ValueError("conv1 weight is all zero: no optical element to build")
-    return KernelBank(
-        targets=torch.stack(targets), gains=torch.stack(gains),
-        sign=torch.tensor(signs, dtype=dtype, device=device),
-        out_channel=torch.tensor(outs, dtype=torch.long, device=device),
-        in_channel=torch.tensor(ins, dtype=torch.long, device=device),
-        wavelength_m=torch.tensor(wls, dtype=torch.float64, device=device),
-        bias=b, pad_value=mean.clone(), stride=stride, padding=padding, n_out=n_out, n_in=n_in)
+__all__ = ["ideal_psfs", "OptoConv1", "nearest_distance_index"]
 
 
 def ideal_psfs(bank: KernelBank, window: int | None = None) -> torch.Tensor:
@@ -202,7 +59,7 @@ class OptoConv1(nn.Module):
     """Opto-electronic conv1 (see the module docstring).
 
     Args:
-        bank: the elements (:func:`build_kernel_bank`).
+        bank: the elements (:func:`dko.frontend.bank.build_kernel_bank`).
         psfs: real (E, w, w) PSFs for one object distance, or (D, E, w, w) for ``object_distances_m``
             (w odd). Each PSF is in the orientation of the targets (sum = efficiency, not renormalised).
         object_distances_m: D distances of the PSF stack (needed for depth-layered forward).

@@ -1,11 +1,10 @@
-"""Opto-electronic conv1: kernel bank construction and exact equivalence with the electronic conv1."""
+"""The optical layer (dko.frontend.layer): exact equivalence of OptoConv1 with the electronic conv1, depth
+layers, noise, fused forward."""
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from dko.opto_layer import KernelBank, OptoConv1, build_kernel_bank, ideal_psfs, nearest_distance_index
+from dko.frontend import OptoConv1, build_kernel_bank, ideal_psfs, nearest_distance_index
 from dko.optics.psf import OpticalSystem, ideal_lens_transmission, psf_from_transmission
 from dko.optics.sensor import SensorModel
 
@@ -18,16 +17,6 @@ STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
 def electronic(conv, x, mean, std):
     with torch.no_grad():
         return conv((x - mean[None, :, None, None]) / std[None, :, None, None])
-
-
-@pytest.fixture
-def conv():
-    torch.manual_seed(0)
-    layer = torch.nn.Conv2d(3, 6, 7, stride=2, padding=3, bias=True).double()
-    with torch.no_grad():
-        layer.weight[0] = torch.rand_like(layer.weight[0])  # all-positive kernel: one element per channel
-        layer.weight[1, :, :, :3] = 0.0  # asymmetric support
-    return layer
 
 
 @pytest.mark.parametrize("window", [7, 11])
@@ -64,43 +53,6 @@ def test_other_stride_and_padding():
         y = OptoConv1(bank, ideal_psfs(bank, window))(x)
         assert y.shape == ref.shape
         assert float((y - ref).norm() / ref.norm()) < 1e-10
-
-
-def test_kernel_bank_fields(conv):
-    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
-    folded = conv.weight.detach() / STD[None, :, None, None]
-    n_parts = int((folded > 0).flatten(2).any(-1).sum() + (folded < 0).flatten(2).any(-1).sum())
-    assert bank.n_elements == n_parts
-    assert torch.all(bank.targets >= 0)
-    torch.testing.assert_close(bank.targets.sum(dim=(-2, -1)), torch.ones(bank.n_elements, dtype=torch.float64))
-    torch.testing.assert_close(bank.folded_weight(), folded)
-    # output channel 0 is all-positive: exactly one element per input channel, all with sign +1
-    sel = bank.out_channel == 0
-    assert int(sel.sum()) == 3 and torch.all(bank.sign[sel] == 1)
-    torch.testing.assert_close(bank.wavelength_m, torch.tensor(WLS, dtype=torch.float64)[bank.in_channel])
-    expected_bias = conv.bias.detach() - (folded.sum(dim=(-2, -1)) * MEAN).sum(dim=1)
-    torch.testing.assert_close(bank.bias, expected_bias)
-    # rotation by 180 degrees: a single weight at (row 0, col 1) lands at (k-1, k-2)
-    w = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
-    w[0, 0, 0, 1] = 2.0
-    single = build_kernel_bank(w, 0.0, 1.0, [5.5e-7])
-    assert single.n_elements == 1 and float(single.gains[0]) == 2.0
-    assert float(single.targets[0, 6, 5]) == 1.0
-    assert isinstance(single, KernelBank) and single.to(dtype=torch.float32).targets.dtype == torch.float32
-
-
-@settings(max_examples=25, deadline=None)
-@given(k=st.sampled_from([3, 5, 7]), n_out=st.integers(1, 4), n_in=st.integers(1, 3), seed=st.integers(0, 10_000))
-def test_bank_reconstructs_folded_weight(k, n_out, n_in, seed):
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(n_out, n_in, k, k, dtype=torch.float64, generator=gen)
-    w[w.abs() < 0.3] = 0.0
-    std = 0.1 + torch.rand(n_in, dtype=torch.float64, generator=gen)
-    if not torch.any(w != 0):
-        return
-    bank = build_kernel_bank(w, 0.5, std, WLS[:n_in])
-    torch.testing.assert_close(bank.folded_weight(), w / std[None, :, None, None])
-    assert torch.all(bank.gains > 0)
 
 
 def test_depth_layered_image_formation(conv):
@@ -140,10 +92,6 @@ def test_noise_and_errors(conv):
         OptoConv1(bank, ideal_psfs(bank))(x, noise=True)
     with pytest.raises(ValueError, match="psfs"):
         OptoConv1(bank, torch.zeros(bank.n_elements + 1, 7, 7))
-    with pytest.raises(ValueError, match="wavelengths_m"):
-        build_kernel_bank(conv.weight, MEAN, STD, WLS[:2])
-    with pytest.raises(ValueError, match="norm_std"):
-        build_kernel_bank(conv.weight, MEAN, torch.tensor([1.0, 0.0, 1.0]), WLS)
     layer = OptoConv1(bank, ideal_psfs(bank), sensor=SensorModel(full_well_e=1e6, read_noise_e=1.0, bit_depth=16))
     clean = layer(x)
     a = layer(x, noise=True, generator=torch.Generator().manual_seed(0))
