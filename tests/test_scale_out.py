@@ -111,7 +111,7 @@ def test_slurm_profile_sizes_every_rule(tmp_path, repo_root, venv_bin):
 
 
 def test_compare_follows_disabled_stages(tmp_path, repo_root, venv_bin):
-    """With no E2E variant, compare still runs and needs no E2E file (it gathers what EVAL_MODELS lists)."""
+    """With no E2E variant, compare still runs and needs no E2E file (it gathers what dko.catalogue.evaluated_models lists)."""
     raw = yaml.safe_load((repo_root / "config" / "smoke.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "results")
     raw.setdefault("e2e", {})["variants"] = []
