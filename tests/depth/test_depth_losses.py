@@ -75,7 +75,7 @@ def test_kernel_roughness_gradient_smooths_kernels():
     torch.manual_seed(1)
     w = torch.randn(8, 3, 7, 7, requires_grad=True)
     opt = torch.optim.Adam([w], lr=0.05)
-    start, norm = float(kernel_roughness(w)), float(w.detach().norm())
+    start, norm = float(kernel_roughness(w).detach()), float(w.detach().norm())
     for _ in range(50):
         opt.zero_grad()
         kernel_roughness(w).backward()
