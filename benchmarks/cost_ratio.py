@@ -86,7 +86,7 @@ def worker(args) -> dict:
         from dko.optics.metaatoms import MetaAtomLibrary
         from dko.optics.psf import OpticalSystem
 
-        model = DepthNet.from_config(cfg)
+        model = DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m))
         bank = extract_kernel_bank(model, list(cfg.optics.wavelengths_m))
         if args.worker == "dko_job":
             keep = torch.nonzero(bank.out_channel < cfg.dko.shard_size).flatten()

@@ -53,7 +53,7 @@ def _worker(args) -> dict:
     depth = cfg.data.min_depth_m + (cfg.data.max_depth_m - cfg.data.min_depth_m) * torch.rand(b, 1, h, w, generator=gen)
     valid = depth > 0
     if args.worker == "stage1":
-        model = DepthNet.from_config(cfg).train()
+        model = DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m)).train()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
 
         def step(i: int) -> None:

@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
 
     # ---- stage 1: one training step of the paper network
-    model = DepthNet.from_config(cfg).to(device)
+    model = DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     h, w = cfg.data.height, cfg.data.width
     images = torch.rand(args.batch, 3, h, w, device=device)
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     s1_flops = count_flops(lambda: stage1_step(step=False)) * scale
 
     # ---- stage 2: one element's DKO step at several grids, fitted by M^2 log2 M^2
-    bank = extract_kernel_bank(DepthNet.from_config(cfg), list(cfg.optics.wavelengths_m))
+    bank = extract_kernel_bank(DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m)), list(cfg.optics.wavelengths_m))
     one = bank.subset([0]).to(device)
     library = MetaAtomLibrary.default()
     grid_rows = []

@@ -57,7 +57,7 @@ def test_e2e_lr_search_picks_the_best_validation_abs_rel(tmp_path, repo_root):
     cfg = load_config(cfg_path)
     write_row_dataset(cfg.experiment_dir / "data")
     torch.manual_seed(0)
-    save_depthnet(DepthNet.from_config(cfg), cfg.experiment_dir / "stage1" / "model.pt")
+    save_depthnet(DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m)), cfg.experiment_dir / "stage1" / "model.pt")
     out = tmp_path / "lr.json"
     proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "e2e_lr_search.py"), "--config", str(cfg_path),
                            "--variants", "optics", "--lrs", "0.01", "0.5", "--steps", "2", "--threads", "1", "--out",
@@ -81,7 +81,7 @@ def test_dko_ablation_scores_the_fabricated_pillars_per_model_and_variant(tmp_pa
     cfg_path = _write_config(tmp_path, results_dir=str(tmp_path / "results"))
     cfg = load_config(cfg_path)
     torch.manual_seed(0)
-    model = DepthNet.from_config(cfg)
+    model = DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m))
     save_depthnet(model, tmp_path / "a.pt", config=cfg.to_dict())
     out = tmp_path / "ablation.json"
     proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "dko_ablation.py"), "--config", str(cfg_path),

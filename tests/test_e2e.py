@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     data = write_row_dataset(root / "data")
     cfg = _cfg()
     torch.manual_seed(5)
-    model = DepthNet.from_config(cfg)
+    model = DepthNet.from_config(cfg.network, (cfg.data.min_depth_m, cfg.data.max_depth_m))
     stage1 = save_depthnet(model, root / "stage1" / "model.pt")
     return root, data, stage1
 

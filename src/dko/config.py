@@ -218,6 +218,7 @@ class NetworkConfig:
     norm_mean: float
     norm_std: float
     pretrained_dir: str | None
+    depth_range_m: tuple[float, ...] | None
     decoder_channels: tuple[int, ...]
 
 
@@ -616,6 +617,8 @@ def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
     net = cfg["network"]
     if net["pretrained_dir"] is not None and check_paths and not Path(net["pretrained_dir"]).is_dir():
         raise ValueError(f"config key 'network.pretrained_dir': folder '{net['pretrained_dir']}' does not exist")
+    if net["depth_range_m"] is not None and not net["depth_range_m"][0] < net["depth_range_m"][1]:
+        raise ValueError(f"config key 'network.depth_range_m': need min < max, got {net['depth_range_m']}")
     train = cfg["train"]
     if train["warmup_steps"] >= train["steps"]:
         raise ValueError(

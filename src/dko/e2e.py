@@ -295,9 +295,7 @@ def build_e2e(cfg, variant: str, *, meta: Mapping, stage1_model: str | Path | No
         model.eval()
     else:
         torch.manual_seed(cfg.seed)  # the initialisation of stage 1
-        net = cfg.network
-        model = DepthNet(net.blocks_per_stage, net.base_width, net.conv1_kernel, net.norm_mean, net.norm_std,
-                         float(meta["min_depth_m"]), float(meta["max_depth_m"]), net.decoder_channels)
+        model = DepthNet.from_config(cfg.network, (float(meta["min_depth_m"]), float(meta["max_depth_m"])))
         model.train()
         bank = scratch_bank(model, wavelengths)
     bank = bank.to(device)

@@ -109,6 +109,52 @@ def test_monodepth2_checkpoint_mismatch_is_reported(tmp_path):
         load_monodepth2(DepthNet((1, 1, 1, 1), 8, 7), tmp_path / "nowhere")
 
 
+def test_monodepth2_weights_without_batchnorm_counters_load(tmp_path):
+    """A checkpoint without `num_batches_tracked` (older PyTorch, or stripped) loads, as in Monodepth2."""
+    torch.manual_seed(0)
+    src = DepthNet((1, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
+    _randomise_bn(src)
+    enc_path, _ = save_monodepth2(src, tmp_path, height=32, width=64)
+    raw = torch.load(enc_path, weights_only=True)
+    counters = [k for k in raw if k.endswith("num_batches_tracked")]
+    assert counters  # the file had them; remove them as an older writer would not have written them
+    torch.save({k: v for k, v in raw.items() if k not in counters}, enc_path)
+    torch.manual_seed(1)
+    dst = DepthNet((1, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
+    load_monodepth2(dst, tmp_path)
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(a, b), k
+    x = torch.rand(1, 3, 32, 64)
+    assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
+    # any other missing key is still an error
+    torch.save({k: v for k, v in raw.items() if k != "encoder.bn1.running_mean"}, enc_path)
+    with pytest.raises(ValueError, match=r"missing keys \['encoder.bn1.running_mean'\]"):
+        load_monodepth2(dst, tmp_path)
+
+
+def test_a_network_keeps_its_own_depth_range():
+    """network.depth_range_m, else Monodepth2's 0.1-100 m for imported weights, else the dataset's range; the
+    range is saved with the network (arch), whatever the evaluation caps."""
+    from dko.config import config_from_dict
+    from dko.depth.model import MONODEPTH2_DEPTH_RANGE_M, network_depth_range
+
+    dataset = (1e-3, 80.0)
+    plain = config_from_dict({}, check_paths=False).network
+    assert network_depth_range(plain, dataset) == dataset
+    imported = config_from_dict({"network": {"pretrained_dir": "/weights"}}, check_paths=False).network
+    assert network_depth_range(imported, dataset) == MONODEPTH2_DEPTH_RANGE_M == (0.1, 100.0)
+    chosen = config_from_dict({"network": {"pretrained_dir": "/weights", "depth_range_m": [0.5, 50]}},
+                              check_paths=False).network
+    assert network_depth_range(chosen, dataset) == (0.5, 50.0)
+    model = DepthNet.from_config(imported, dataset)
+    assert (model.arch["min_depth_m"], model.arch["max_depth_m"]) == (0.1, 100.0)
+    with pytest.raises(ValueError, match=r"network.depth_range_m.*min < max"):
+        config_from_dict({"network": {"depth_range_m": [5.0, 1.0]}}, check_paths=False)
+    with pytest.raises(ValueError, match="depth_range_m"):
+        config_from_dict({"network": {"depth_range_m": [1.0]}}, check_paths=False)
+
+
 def test_depthnet_file_round_trip(tmp_path):
     torch.manual_seed(0)
     net = DepthNet((1, 1, 1, 1), 8, 3, min_depth_m=0.5, max_depth_m=20.0, decoder_channels=(4, 4, 4, 4, 4))

@@ -47,8 +47,16 @@ def save_monodepth2(model, out_dir: str | Path, height: int, width: int) -> tupl
 
 
 def _load_into(module: torch.nn.Module, state: dict, path: Path, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load ``state`` strictly, except that BatchNorm step counters (``*.num_batches_tracked``) may be absent, as
+    in files saved by older PyTorch versions or stripped ones (Monodepth2's own loader accepts them too): they
+    keep the module's values (unused: the BatchNorm layers have a fixed momentum)."""
     own = module.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    counters = [k for k in set(own) - set(state) if k.endswith(".num_batches_tracked")]
+    if counters:
+        log.info("checkpoint '%s' has no BatchNorm num_batches_tracked (%d entries): keeping the network's", path,
+                 len(counters))
+        state.update({k: own[k] for k in counters})
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
