@@ -91,9 +91,9 @@ def test_conditional_reads_follow_the_config():
     assert "e2e.lr_optics" in job_config_keys("train_e2e", {"variant": "scratch"}, steps)
     kitti = config_from_dict({"data": {"source": "kitti", "root": "/x"}}, check_paths=False)
     nyu = config_from_dict({"data": {"source": "nyu", "root": "/x"}}, check_paths=False)
-    assert {"data.root", "data.split_dir"} <= set(job_config_keys("prepare_dataset", {}, kitti))
+    assert {"data.root", "data.split_dir", "data.gt_dir"} <= set(job_config_keys("prepare_dataset", {}, kitti))
     assert "data.root" in job_config_keys("prepare_dataset", {}, nyu)
-    assert "data.split_dir" not in job_config_keys("prepare_dataset", {}, nyu)
+    assert not {"data.split_dir", "data.gt_dir"} & set(job_config_keys("prepare_dataset", {}, nyu))
     assert not {"data.root", "data.split_dir", "data.workers"} & set(job_config_keys("prepare_dataset", {}, CFG))
 
 

@@ -198,7 +198,7 @@ _E2E_COMMON = (
 )
 
 RULE_CONFIG: dict[str, tuple[str, ...]] = {
-    "prepare_dataset": section("data", without=("root", "split_dir", "workers")) + ("seed",),
+    "prepare_dataset": section("data", without=("root", "split_dir", "gt_dir", "workers")) + ("seed",),
     "train_electronic": ("network", "train", "seed"),
     "metaatom_library": ("metaatoms", "optics.wavelengths_m"),
     "extract_kernels": ("optics.wavelengths_m",),
@@ -233,7 +233,7 @@ _STEPS_BUDGET = ConditionalRead(("e2e.steps",), "e2e.budget is steps", lambda c:
 CONDITIONAL_READS: dict[str, tuple[ConditionalRead, ...]] = {
     "prepare_dataset": (
         ConditionalRead(("data.root",), "data.source is kitti or nyu", lambda c: c.data.source != "synthetic"),
-        ConditionalRead(("data.split_dir",), "data.source is kitti", lambda c: c.data.source == "kitti"),
+        ConditionalRead(("data.split_dir", "data.gt_dir"), "data.source is kitti", lambda c: c.data.source == "kitti"),
     ),
     "assemble_frontend": (_ELEMENT_PITCH,),
     "train_e2e[optics]": (_ELEMENT_PITCH, _TIME_BUDGET, _STEPS_BUDGET,

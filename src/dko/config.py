@@ -200,6 +200,7 @@ class DataConfig:
     source: str
     root: str | None
     split_dir: str | None
+    gt_dir: str | None
     height: int
     width: int
     n_train: int | None
@@ -614,6 +615,8 @@ def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
             raise ValueError(f"config key 'data.root': dataset folder '{data['root']}' does not exist")
         if check_paths and data["split_dir"] is not None and not Path(data["split_dir"]).is_dir():
             raise ValueError(f"config key 'data.split_dir': folder '{data['split_dir']}' does not exist")
+        if check_paths and data["gt_dir"] is not None and not Path(data["gt_dir"]).is_dir():
+            raise ValueError(f"config key 'data.gt_dir': folder '{data['gt_dir']}' does not exist")
     net = cfg["network"]
     if net["pretrained_dir"] is not None and check_paths and not Path(net["pretrained_dir"]).is_dir():
         raise ValueError(f"config key 'network.pretrained_dir': folder '{net['pretrained_dir']}' does not exist")

@@ -229,3 +229,40 @@ def test_missing_and_corrupt_files_are_named(kitti_root, tmp_path):
     img.write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match="0000000069.png.*corrupt"):
         prepare_kitti(_cfg(kitti_root, workers=2), tmp_path / "o6")
+
+
+def _move_gt(root, dest_for):
+    """Move every annotated depth map from the project layout to ``dest_for(subset, drive, camera)``."""
+    for png in sorted((root / "data_depth_annotated").rglob("*.png")):
+        subset, drive, _, _, camera = png.relative_to(root / "data_depth_annotated").parts[:5]
+        target = dest_for(subset, drive, camera) / png.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        png.rename(target)
+
+
+def test_the_devkit_unpack_anywhere_and_monodepth2_in_drive_layout_read_the_same(kitti_root, tmp_path):
+    """data_depth_annotated.zip unpacks to train/ and val/ at its top (put where the user likes: data.gt_dir);
+    Monodepth2 moves the maps into each raw drive folder. Both give the project layout's dataset."""
+    reference = tmp_path / "reference"
+    prepare_kitti(_cfg(kitti_root), reference)
+    devkit = tmp_path / "downloads" / "depth_annotated"            # the zip's train/ and val/ at the top
+    _move_gt(kitti_root, lambda subset, drive, camera: devkit / subset / drive / "proj_depth" / "groundtruth" / camera)
+    with pytest.raises(ValueError, match=r"(?s)none of its 3 frames.*data_depth_annotated/train/.*"
+                                         r"2011_09_26/2011_09_26_drive_0001_sync/proj_depth/groundtruth/image_02.*data.gt_dir"):
+        prepare_kitti(_cfg(kitti_root), tmp_path / "nothing")
+    prepare_kitti(_cfg(kitti_root, gt_dir=str(devkit)), tmp_path / "devkit")
+    # Monodepth2: <root>/<date>/<drive>/proj_depth/groundtruth/<camera>/
+    for png in sorted(devkit.rglob("*.png")):
+        drive, camera = png.relative_to(devkit).parts[1], png.parent.name
+        target = kitti_root / DATE / drive / "proj_depth" / "groundtruth" / camera / png.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        png.rename(target)
+    prepare_kitti(_cfg(kitti_root), tmp_path / "in_drive")
+    for name in ("devkit", "in_drive"):
+        for split in ("train", "val", "test"):
+            a, b = load_split(reference, split, mmap=False), load_split(tmp_path / name, split, mmap=False)
+            assert a.names == b.names
+            np.testing.assert_array_equal(a.depth, b.depth)
+            np.testing.assert_array_equal(a.images, b.images)
+    with pytest.raises(ValueError, match=r"config key 'data.gt_dir'.*does not exist"):
+        prepare_kitti(_cfg(kitti_root, gt_dir=str(tmp_path / "no_such_folder")), tmp_path / "x")

@@ -5,17 +5,21 @@ Expected input layout (``cfg.data.root``)::
     <root>/<date>/<date>_drive_XXXX_sync/image_02/data/<frame:010d>.png      left colour camera
     <root>/<date>/<date>_drive_XXXX_sync/image_03/data/<frame:010d>.png      right colour camera
         (``.jpg`` is accepted as well: Monodepth2 users often convert the PNGs to JPEG)
-    <root>/data_depth_annotated/{train,val}/<date>_drive_XXXX_sync/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png
-        the official annotated depth maps (KITTI depth benchmark, ``data_depth_annotated.zip``):
+    <gt_dir>/{train,val}/<date>_drive_XXXX_sync/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png
+        the official annotated depth maps (KITTI depth benchmark) as ``data_depth_annotated.zip`` unpacks them
+        (``train/`` and ``val/`` at its top): ``gt_dir`` is ``data.gt_dir``, default ``<root>/data_depth_annotated``;
         uint16 PNG of the same size as the image, depth = value / 256 metres, 0 = no ground truth
+    <root>/<date>/<date>_drive_XXXX_sync/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png
+        or the same maps moved inside each raw drive folder (Monodepth2's convention)
     <split_dir>/{train,val,test}_files.txt
         split lists in Monodepth2 format, one frame a line: ``<date>/<drive_folder> <frame> <l|r>``,
         e.g. ``2011_09_26/2011_09_26_drive_0002_sync 69 l`` (``l`` = image_02, ``r`` = image_03).
         ``split_dir`` defaults to ``<root>/splits/eigen``; all three files are required (Monodepth2's own
         ``eigen`` folder ships only ``test_files.txt``: copy e.g. ``eigen_zhou``'s train/val lists next to it).
 
-The ground truth of a drive is looked up in ``data_depth_annotated/train`` and then ``.../val`` (the official
-benchmark assigns each drive to one of them; Eigen's split lists ignore that assignment). Split lines whose frame has
+The ground truth of a frame is looked up in ``<gt_dir>/train``, then ``<gt_dir>/val`` (the official benchmark assigns
+each drive to one of them; Eigen's split lists ignore that assignment), then inside its drive folder
+(:func:`gt_candidates`). Split lines whose frame has
 no annotated depth map (there are such frames in the Eigen test split) are skipped with a logged warning and
 counted in ``meta.json`` (``missing_gt``). ``data.n_<split>`` keeps the first N usable lines (null = all).
 
@@ -53,6 +57,7 @@ SPLIT_NAMES = ("train", "val", "test")
 CAMERA = {"l": "image_02", "r": "image_03"}
 DEPTH_SCALE = 256.0        # annotated depth PNG: metres = value / 256
 GT_SUBSETS = ("train", "val")
+GT_FOLDER = "data_depth_annotated"  # default data.gt_dir, inside data.root
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -112,14 +117,18 @@ def image_path(root: Path, frame: KittiFrame) -> Path:
     raise ValueError(f"KITTI image '{base.with_suffix('.png')}' (or .jpg) does not exist (listed in {frame.source})")
 
 
-def gt_path(root: Path, frame: KittiFrame) -> Path | None:
-    """The annotated depth map of ``frame`` (searched in the train, then the val subset), or None."""
-    for subset in GT_SUBSETS:
-        candidate = (Path(root) / "data_depth_annotated" / subset / frame.drive / "proj_depth" / "groundtruth"
-                     / frame.camera / f"{frame.frame:010d}.png")
-        if candidate.is_file():
-            return candidate
-    return None
+def gt_candidates(root: Path, frame: KittiFrame, gt_dir: Path | None = None) -> list[Path]:
+    """Where the annotated depth map of ``frame`` may lie, in search order: the devkit unpack
+    (``<gt_dir>/{train,val}/<drive>/proj_depth/groundtruth/<camera>/<frame>.png``, ``gt_dir`` default
+    ``<root>/data_depth_annotated``), then Monodepth2's in-drive layout (``<root>/<date>/<drive>/proj_depth/...``)."""
+    gt_dir = Path(gt_dir) if gt_dir is not None else Path(root) / GT_FOLDER
+    inside = Path("proj_depth") / "groundtruth" / frame.camera / f"{frame.frame:010d}.png"
+    return [gt_dir / subset / frame.drive / inside for subset in GT_SUBSETS] + [Path(root) / frame.folder / inside]
+
+
+def gt_path(root: Path, frame: KittiFrame, gt_dir: Path | None = None) -> Path | None:
+    """The first of :func:`gt_candidates` that exists, or None."""
+    return next((p for p in gt_candidates(root, frame, gt_dir) if p.is_file()), None)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -221,7 +230,8 @@ def _pool_context():
 def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
     """Convert KITTI (layout in the module docstring) into the dataset folder ``out_dir`` (:mod:`dko.data.format`).
 
-    Uses ``cfg.data.{root, split_dir, height, width, n_train, n_val, n_test, min_depth_m, max_depth_m, workers}``.
+    Uses ``cfg.data.{root, split_dir, gt_dir, height, width, n_train, n_val, n_test, min_depth_m, max_depth_m,
+    workers}``.
     Returns a summary: ``n_<split>`` (frames written), ``missing_gt_<split>`` (split lines skipped for lack of an
     annotated depth map), ``valid_fraction_<split>`` (share of pixels with ground truth after resizing),
     ``convert_s`` and ``workers``. Raises ValueError naming the file for a missing root / split file / image or a
@@ -240,6 +250,9 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
     split_dir = Path(data.split_dir) if data.split_dir is not None else root / "splits" / "eigen"
     if not split_dir.is_dir():
         raise ValueError(f"KITTI split folder '{split_dir}' does not exist (config key 'data.split_dir')")
+    gt_dir = Path(data.gt_dir) if data.gt_dir is not None else None
+    if gt_dir is not None and not gt_dir.is_dir():
+        raise ValueError(f"config key 'data.gt_dir': KITTI annotated-depth folder '{gt_dir}' does not exist")
     H, W = int(data.height), int(data.width)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +273,7 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
         for frame in frames:
             if limit is not None and len(chosen) >= limit:
                 break
-            gt = gt_path(root, frame)
+            gt = gt_path(root, frame, gt_dir)
             if gt is None:
                 skipped.append(frame)
                 continue
@@ -271,8 +284,11 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
         if len(skipped) > 5:
             log.warning("KITTI %s: %d more frames without annotated depth skipped", split, len(skipped) - 5)
         if not chosen:
-            raise ValueError(f"KITTI split file '{path}': none of its {len(frames)} frames has an annotated depth map "
-                             f"under '{root / 'data_depth_annotated'}'")
+            looked = "\n  ".join(str(p) for p in gt_candidates(root, frames[0], gt_dir))
+            raise ValueError(f"KITTI split file '{path}': none of its {len(frames)} frames has an annotated depth map. "
+                             f"For its first frame I looked for:\n  {looked}\n(the devkit's data_depth_annotated "
+                             f"unpacked with train/ and val/ at its top: point config key 'data.gt_dir' at it, "
+                             f"default <data.root>/{GT_FOLDER}; or Monodepth2's layout inside each drive folder)")
         if limit is not None and len(chosen) < limit:
             log.warning("KITTI %s: only %d usable frames (data.n_%s = %d)", split, len(chosen), split, limit)
         plan[split] = chosen
