@@ -3,10 +3,11 @@
 Expected input layout (``cfg.data.root``)::
 
     <root>/nyu_depth_v2_labeled.mat   MATLAB v7.3 (HDF5). In MATLAB ``images`` is 480x640x3x1449 uint8 and
-                                      ``depths`` 480x640x1449 double metres (in-painted, dense). MATLAB stores
-                                      column-major, so h5py presents every array with its axes reversed:
-                                      ``images`` (N, 3, W, H) and ``depths`` (N, W, H). Image n is therefore
-                                      ``images[n].transpose(2, 1, 0)`` (H, W, 3) and depth n is ``depths[n].T``.
+                                      ``depths`` 480x640x1449 float32 metres (in-painted, dense; any float type
+                                      is read). MATLAB stores column-major, so h5py presents every array
+                                      with its axes reversed: ``images`` (N, 3, W, H) and ``depths``
+                                      (N, W, H). Image n is therefore ``images[n].transpose(2, 1, 0)``
+                                      (H, W, 3) and depth n is ``depths[n].T``.
     <root>/splits.mat                 the standard split (Eigen et al. 2014): ``trainNdxs`` (795 indices) and
                                       ``testNdxs`` (654), 1-based MATLAB indices into the 1449 labeled frames.
                                       MATLAB v5 (read with scipy.io.loadmat) or v7.3 (read with h5py).
