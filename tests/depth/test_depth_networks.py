@@ -76,6 +76,15 @@ def _randomise_bn(net):
             buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
 
 
+def _assert_same_network(src: DepthNet, dst: DepthNet, skip_suffix: str = "\0") -> None:
+    """Equal state dicts (keys ending in ``skip_suffix`` left out) and equal outputs."""
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        if not k.endswith(skip_suffix):
+            assert torch.equal(a, b), k
+    x = torch.rand(1, 3, 32, 64)
+    assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
+
+
 def test_monodepth2_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     src = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
@@ -93,10 +102,7 @@ def test_monodepth2_checkpoint_round_trip(tmp_path):
     dst = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
     extras = load_monodepth2(dst, tmp_path)
     assert extras == {"height": 192, "width": 640, "use_stereo": False}
-    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
-        assert torch.equal(a, b), k
-    x = torch.rand(1, 3, 32, 64)
-    assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
+    _assert_same_network(src, dst)
 
 
 def test_monodepth2_checkpoint_mismatch_is_reported(tmp_path):
@@ -122,11 +128,7 @@ def test_monodepth2_weights_without_batchnorm_counters_load(tmp_path):
     torch.manual_seed(1)
     dst = DepthNet((1, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
     load_monodepth2(dst, tmp_path)
-    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
-        if not k.endswith("num_batches_tracked"):
-            assert torch.equal(a, b), k
-    x = torch.rand(1, 3, 32, 64)
-    assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
+    _assert_same_network(src, dst, skip_suffix="num_batches_tracked")
     # any other missing key is still an error
     torch.save({k: v for k, v in raw.items() if k != "encoder.bn1.running_mean"}, enc_path)
     with pytest.raises(ValueError, match=r"missing keys \['encoder.bn1.running_mean'\]"):
