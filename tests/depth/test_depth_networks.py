@@ -85,11 +85,18 @@ def _assert_same_network(src: DepthNet, dst: DepthNet, skip_suffix: str = "\0") 
     assert torch.equal(src.eval()(x)[("disp", 0)], dst.eval()(x)[("disp", 0)])
 
 
-def test_monodepth2_checkpoint_round_trip(tmp_path):
+def _saved_random_network(tmp_path, blocks, height: int, width: int):
+    """A DepthNet with random weights and BatchNorm statistics, saved in Monodepth2's format; and a fresh twin."""
     torch.manual_seed(0)
-    src = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
+    src = DepthNet(blocks, 8, 7, decoder_channels=(4, 8, 8, 16, 16))
     _randomise_bn(src)
-    enc_path, dec_path = save_monodepth2(src, tmp_path, height=192, width=640)
+    enc_path, dec_path = save_monodepth2(src, tmp_path, height=height, width=width)
+    torch.manual_seed(1)
+    return src, DepthNet(blocks, 8, 7, decoder_channels=(4, 8, 8, 16, 16)), enc_path, dec_path
+
+
+def test_monodepth2_checkpoint_round_trip(tmp_path):
+    src, dst, enc_path, dec_path = _saved_random_network(tmp_path, (2, 1, 1, 1), 192, 640)
     raw = torch.load(enc_path, weights_only=True)
     # Monodepth2's encoder.pth layout: torchvision-style keys, classifier and the extra entries.
     assert raw["height"] == 192 and raw["width"] == 640 and raw["use_stereo"] is False
@@ -98,8 +105,6 @@ def test_monodepth2_checkpoint_round_trip(tmp_path):
     assert raw["encoder.fc.weight"].shape == (1000, 64)
     assert "decoder.0.conv.conv.weight" in torch.load(dec_path, weights_only=True)
 
-    torch.manual_seed(1)
-    dst = DepthNet((2, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
     extras = load_monodepth2(dst, tmp_path)
     assert extras == {"height": 192, "width": 640, "use_stereo": False}
     _assert_same_network(src, dst)
@@ -117,16 +122,11 @@ def test_monodepth2_checkpoint_mismatch_is_reported(tmp_path):
 
 def test_monodepth2_weights_without_batchnorm_counters_load(tmp_path):
     """A checkpoint without `num_batches_tracked` (older PyTorch, or stripped) loads, as in Monodepth2."""
-    torch.manual_seed(0)
-    src = DepthNet((1, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
-    _randomise_bn(src)
-    enc_path, _ = save_monodepth2(src, tmp_path, height=32, width=64)
+    src, dst, enc_path, _ = _saved_random_network(tmp_path, (1, 1, 1, 1), 32, 64)
     raw = torch.load(enc_path, weights_only=True)
     counters = [k for k in raw if k.endswith("num_batches_tracked")]
     assert counters  # the file had them; remove them as an older writer would not have written them
     torch.save({k: v for k, v in raw.items() if k not in counters}, enc_path)
-    torch.manual_seed(1)
-    dst = DepthNet((1, 1, 1, 1), 8, 7, decoder_channels=(4, 8, 8, 16, 16))
     load_monodepth2(dst, tmp_path)
     _assert_same_network(src, dst, skip_suffix="num_batches_tracked")
     # any other missing key is still an error
