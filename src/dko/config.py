@@ -438,8 +438,10 @@ def is_execution_key(key: str) -> bool:
     return any(key == e or key.startswith(e + ".") for e in EXECUTION_KEYS)
 
 
-def leaf_keys(cls: type = None, prefix: str = "") -> list[str]:
-    """Every leaf config key as a dotted name (``data.height``, ``seed``, ...), in schema order."""
+@functools.lru_cache(maxsize=None)
+def leaf_keys(cls: type = None, prefix: str = "") -> tuple[str, ...]:
+    """Every leaf config key as a dotted name (``data.height``, ``seed``, ...), in schema order (computed once:
+    every job's config view and every rule's params use it)."""
     cls = Config if cls is None else cls
     hints = typing.get_type_hints(cls)
     keys: list[str] = []
@@ -448,7 +450,7 @@ def leaf_keys(cls: type = None, prefix: str = "") -> list[str]:
             keys += leaf_keys(hints[f.name], f"{prefix}{f.name}.")
         else:
             keys.append(f"{prefix}{f.name}")
-    return keys
+    return tuple(keys)
 
 
 def restrict_config(cfg: "Config", declared: Sequence[str], job: str) -> tuple["Config", ConfigReads]:
