@@ -91,10 +91,13 @@ def test_conditional_reads_follow_the_config():
     assert "e2e.lr_optics" in job_config_keys("train_e2e", {"variant": "scratch"}, steps)
     kitti = config_from_dict({"data": {"source": "kitti", "root": "/x"}}, check_paths=False)
     nyu = config_from_dict({"data": {"source": "nyu", "root": "/x"}}, check_paths=False)
-    assert {"data.root", "data.split_dir", "data.gt_dir"} <= set(job_config_keys("prepare_dataset", {}, kitti))
-    assert "data.root" in job_config_keys("prepare_dataset", {}, nyu)
-    assert not {"data.split_dir", "data.gt_dir"} & set(job_config_keys("prepare_dataset", {}, nyu))
-    assert not {"data.root", "data.split_dir", "data.workers"} & set(job_config_keys("prepare_dataset", {}, CFG))
+    kitti_keys = {"data.protocol", "data.splits_dir", "data.train_split", "data.test_split", "data.train_gt",
+                  "data.gt_dir"}
+    assert {"data.root", "data.linear_light", *kitti_keys} <= set(job_config_keys("prepare_dataset", {}, kitti))
+    assert {"data.root", "data.linear_light"} <= set(job_config_keys("prepare_dataset", {}, nyu))
+    assert not kitti_keys & set(job_config_keys("prepare_dataset", {}, nyu))
+    assert not {"data.root", "data.linear_light", "data.workers", *kitti_keys} & set(
+        job_config_keys("prepare_dataset", {}, CFG))
 
 
 def test_job_declarations_differ_where_the_jobs_differ():

@@ -48,11 +48,14 @@ def test_dataclasses_mirror_the_schema():
 
     compare(schema["properties"], Config)
     defaults = config_from_dict({}).to_dict()
+    from dko.config import SOURCE_DEFAULTS
 
     def check_defaults(props: dict, values: dict, path: str = ""):
         for key, sub in props.items():
             if sub.get("type") == "object" and "properties" in sub:
                 check_defaults(sub["properties"], values[key], f"{path}{key}.")
+            elif path == "data." and key in SOURCE_DEFAULTS["synthetic"]:   # null = the source's value
+                assert sub["default"] is None and values[key] == SOURCE_DEFAULTS["synthetic"][key]
             else:
                 assert values[key] == sub["default"], f"{path}{key}: {values[key]!r} != schema {sub['default']!r}"
 
@@ -89,7 +92,7 @@ INVALID = [
     ({"data": {"source": "kitti"}}, "data.root"),                 # missing dataset root
     ({"data": {"source": "kitti", "root": "/nonexistent/kitti"}}, "data.root"),  # root does not exist
     ({"data": {"min_depth_m": 90.0, "max_depth_m": 80.0}}, "data.min_depth_m"),  # cross-key range
-    ({"data": {"n_train": None}}, "data.n_train"),                # synthetic needs counts
+    ({"data": {"n_train": 0}}, "data.n_train"),                   # at least one image
     ({"device": "tpu"}, "device"),                                # enum
     ({"experiment": "has space"}, "experiment"),                  # pattern
     ({"network": {"blocks_per_stage": [1, 1, 1]}}, "network.blocks_per_stage"),  # array length
@@ -193,7 +196,7 @@ def test_cli_overrides_take_schema_types():
 
     out = parse_config_overrides(["train={conv1_smoothness: 0.0, lr: 1e-3, steps: 200, flip: false}", "seed=3",
                                   "experiment=007", "tracking={uri: http://head-node:5000}",
-                                  "data={root: null, split_dir: '', n_train: 4}", "dko={element_pitch_m: 1.0e-4}",
+                                  "data={root: null, splits_dir: '', n_train: 4}", "dko={element_pitch_m: 1.0e-4}",
                                   "sweep={grid: {seed: [0, 1]}}", "optics={wavelengths_m: [6.4e-7, 5.5e-7, 4.6e-7]}"])
     train = out["train"]
     assert train == {"conv1_smoothness": 0.0, "lr": 1e-3, "steps": 200, "flip": False}
@@ -201,7 +204,7 @@ def test_cli_overrides_take_schema_types():
     assert out["seed"] == 3 and type(out["seed"]) is int
     assert out["experiment"] == "007"                       # a string key keeps its text
     assert out["tracking"] == {"uri": "http://head-node:5000"}
-    assert out["data"] == {"root": None, "split_dir": None, "n_train": 4}
+    assert out["data"] == {"root": None, "splits_dir": None, "n_train": 4}
     assert out["dko"]["element_pitch_m"] == 1.0e-4
     assert out["sweep"] == {"grid": {"seed": [0, 1]}}
     assert out["optics"]["wavelengths_m"] == [6.4e-7, 5.5e-7, 4.6e-7]
@@ -256,3 +259,27 @@ def test_config_readme_documents_every_key(repo_root):
 
     text = (repo_root / "config" / "README.md").read_text()
     assert schema_markdown() in text, "config/README.md is stale: run python -m dko.config --docs config/README.md"
+
+
+def test_real_data_defaults_are_whole_splits_and_the_protocols_depth_range():
+    """A null count or depth cap means the source's own: synthetic 600/100/100 and 1-80 m; real data whole splits
+    and Monodepth2's evaluation ranges (KITTI 1e-3-80 m, NYUv2 1e-3-10 m); KITTI's test split and training
+    ground truth follow data.protocol."""
+    synthetic = config_from_dict({}).data
+    assert (synthetic.n_train, synthetic.n_val, synthetic.n_test) == (600, 100, 100)
+    assert (synthetic.min_depth_m, synthetic.max_depth_m) == (1.0, 80.0)
+    kitti = config_from_dict({"data": {"source": "kitti", "root": "/x"}}, check_paths=False).data
+    assert (kitti.n_train, kitti.n_val, kitti.n_test) == (None, None, None)
+    assert (kitti.min_depth_m, kitti.max_depth_m) == (1e-3, 80.0)
+    assert (kitti.protocol, kitti.train_split, kitti.test_split, kitti.train_gt) == ("eigen", "eigen_zhou", "eigen",
+                                                                                     "velodyne")
+    bench = config_from_dict({"data": {"source": "kitti", "root": "/x", "protocol": "eigen_benchmark",
+                                       "max_depth_m": 50.0}}, check_paths=False).data
+    assert (bench.test_split, bench.train_gt, bench.max_depth_m) == ("eigen_benchmark", "annotated", 50.0)
+    mixed = config_from_dict({"data": {"source": "kitti", "root": "/x", "train_gt": "annotated"}},
+                             check_paths=False).data
+    assert (mixed.test_split, mixed.train_gt) == ("eigen", "annotated")
+    nyu = config_from_dict({"data": {"source": "nyu", "root": "/x"}}, check_paths=False).data
+    assert (nyu.min_depth_m, nyu.max_depth_m, nyu.n_test) == (1e-3, 10.0, None)
+    with pytest.raises(ValueError, match="data.protocol"):
+        config_from_dict({"data": {"source": "kitti", "root": "/x", "protocol": "kitti"}}, check_paths=False)

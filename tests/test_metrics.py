@@ -53,13 +53,13 @@ def test_median_scaling_hand_values():
 
 
 def test_protocol_caps_and_crops():
-    assert depth_range("kitti", 1e-3, 100.0) == (1e-3, 80.0)
+    assert depth_range("eigen", 1e-3, 100.0) == (1e-3, 80.0)
     assert depth_range("nyu", 1e-3, 80.0) == (1e-3, 10.0)
     assert depth_range("synthetic", 1.0, 120.0) == (1.0, 120.0)
     nyu = crop_mask("nyu", 480, 640)
     rows, cols = np.nonzero(nyu)
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (45, 471, 41, 601)
-    kitti = crop_mask("kitti", 375, 1242)
+    kitti = crop_mask("eigen", 375, 1242)
     rows, cols = np.nonzero(kitti)
     # Monodepth2: int(0.40810811*375)=153, int(0.99189189*375)=371, int(0.03594771*1242)=44, int(0.96405229*1242)=1197
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (153, 371, 44, 1197)
@@ -68,7 +68,7 @@ def test_protocol_caps_and_crops():
     gt = np.full((375, 1242), 10.0)
     pred = gt.copy()
     pred[:100] = 70.0
-    res = evaluate_depth_maps([gt], [pred], "kitti", 1e-3, 80.0)
+    res = evaluate_depth_maps([gt], [pred], "eigen", 1e-3, 80.0)
     assert res["metrics"]["abs_rel"] == 0.0
     with pytest.raises(ValueError, match="protocol"):
         crop_mask("middlebury", 4, 4)
@@ -117,3 +117,41 @@ def test_training_mask_is_inclusive_and_the_same_for_numpy_and_torch():
     assert torch.equal(training_mask(torch.from_numpy(depth), 1.0, 80.0), torch.from_numpy(expected))
     # zero (no measurement) stays out even where min_depth_m allows it
     assert not training_mask(np.zeros(1), 0.0, 1.0).any()
+
+
+def test_eigen_benchmark_counts_every_ground_truth_pixel_and_clips_the_prediction():
+    """Monodepth2's eigen_benchmark: mask gt > 0 (no crop, no cap on the ground truth), prediction clipped to
+    [1e-3, 80]. By hand: gt 90 m counts (pred 100 -> 80: |90-80|/90), gt 0 does not, the corner counts."""
+    gt = np.zeros((10, 20))
+    gt[0, 0], gt[5, 5], gt[9, 19] = 90.0, 10.0, 2e-4          # (0, 0) lies outside the Garg crop
+    pred = np.full((10, 20), 100.0)
+    pred[5, 5] = 12.0
+    pred[9, 19] = 1e-5
+    res = evaluate_depth_maps([gt], [pred], "eigen_benchmark", 1e-3, 80.0)
+    by_hand = np.mean([10 / 90, 2 / 10, abs(2e-4 - 1e-3) / 2e-4])
+    assert res["n_pixels"] == 3 and res["crop"] is None
+    assert res["metrics"]["abs_rel"] == pytest.approx(by_hand, rel=1e-12)
+    # the same maps under eigen: only (5, 5) is inside the crop and the range
+    eigen = evaluate_depth_maps([gt], [pred], "eigen", 1e-3, 80.0)
+    assert eigen["n_pixels"] == 1 and eigen["metrics"]["abs_rel"] == pytest.approx(0.2)
+
+
+def test_upsample_prediction_resamples_the_disparity_like_opencv():
+    """Half-pixel-centre bilinear resampling of 1 / depth (cv2.resize's default, torch's align_corners=False)."""
+    import torch
+
+    from dko.metrics import upsample_prediction
+
+    pred = np.array([[1.0, 4.0]])                 # disparities 1 and 0.25
+    up = upsample_prediction(pred, (1, 4))
+    # output columns map to source x = (j + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 -> clamped 0, 0.25, 0.75, 1
+    disp = np.array([1.0, 0.75 * 1 + 0.25 * 0.25, 0.25 * 1 + 0.75 * 0.25, 0.25])
+    np.testing.assert_allclose(up[0], 1 / disp, rtol=1e-14)
+    rng = np.random.default_rng(3)
+    small = rng.uniform(1.0, 80.0, (7, 23))
+    reference = 1 / torch.nn.functional.interpolate(torch.tensor(1 / small)[None, None], size=(40, 125),
+                                                    mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(upsample_prediction(small, (40, 125)), reference, rtol=1e-12)
+    assert np.array_equal(upsample_prediction(small, (7, 23)), small)
+    with pytest.raises(ValueError, match="positive"):
+        upsample_prediction(np.zeros((2, 2)), (4, 4))

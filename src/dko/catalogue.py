@@ -197,8 +197,12 @@ _E2E_COMMON = (
     "train.flip", "train.lr", "train.si_lambda", "seed",
 )
 
+_REAL_DATA_KEYS = ("data.root", "data.linear_light")
+_KITTI_KEYS = ("data.protocol", "data.splits_dir", "data.train_split", "data.test_split", "data.train_gt",
+               "data.gt_dir")
+
 RULE_CONFIG: dict[str, tuple[str, ...]] = {
-    "prepare_dataset": section("data", without=("root", "split_dir", "gt_dir", "workers")) + ("seed",),
+    "prepare_dataset": section("data", without=(*[k.split(".")[1] for k in (*_REAL_DATA_KEYS, *_KITTI_KEYS)], "workers")) + ("seed",),
     "train_electronic": ("network", "train", "seed"),
     "metaatom_library": ("metaatoms", "optics.wavelengths_m"),
     "extract_kernels": ("optics.wavelengths_m",),
@@ -232,8 +236,8 @@ _STEPS_BUDGET = ConditionalRead(("e2e.steps",), "e2e.budget is steps", lambda c:
 
 CONDITIONAL_READS: dict[str, tuple[ConditionalRead, ...]] = {
     "prepare_dataset": (
-        ConditionalRead(("data.root",), "data.source is kitti or nyu", lambda c: c.data.source != "synthetic"),
-        ConditionalRead(("data.split_dir", "data.gt_dir"), "data.source is kitti", lambda c: c.data.source == "kitti"),
+        ConditionalRead(_REAL_DATA_KEYS, "data.source is kitti or nyu", lambda c: c.data.source != "synthetic"),
+        ConditionalRead(_KITTI_KEYS, "data.source is kitti", lambda c: c.data.source == "kitti"),
     ),
     "assemble_frontend": (_ELEMENT_PITCH,),
     "train_e2e[optics]": (_ELEMENT_PITCH, _TIME_BUDGET, _STEPS_BUDGET,

@@ -148,7 +148,8 @@ def _model_costs(info: Model, costs: Mapping[str, Mapping[str, Any]]) -> dict[st
 
 
 # ----------------------------------------------------------------------------- the summary table
-SUMMARY_COLUMNS = ["model", "method", "variant", "noise", "seed", *METRICS, "n_images", *COSTS[:2], "peak_mem_mb",
+SUMMARY_COLUMNS = ["model", "method", "variant", "noise", "seed", *METRICS, "n_images", "protocol", "resolution",
+                   "median_scaling", *COSTS[:2], "peak_mem_mb",
                    "mem_kind", "flops", "budget_basis", "stages", "stage1_s", "stage2_s", "e2e_s", "stage1_cpu_s",
                    "stage2_cpu_s", "e2e_cpu_s"]
 
@@ -180,7 +181,9 @@ def summarize(exp_dir: str | Path, models: Sequence[str], seed: int) -> tuple[pd
             raise ValueError(f"file '{exp_dir / 'evaluate' / info.name / 'metrics.json'}' lacks metrics {missing}")
         row: dict[str, Any] = {"model": info.name, "method": info.method, "variant": info.variant,
                                "noise": info.noise, "seed": int(seed), **{m: float(metrics[m]) for m in METRICS},
-                               "n_images": result.get("n_images", math.nan)}
+                               "n_images": result.get("n_images", math.nan),
+                               "protocol": result.get("protocol", ""), "resolution": result.get("resolution", "dataset"),
+                               "median_scaling": bool(result.get("median_scaling", False))}
         row.update(_model_costs(info, costs))
         e2e = [s for s in info.stages if s.startswith("e2e/")]
         for col, stage in (("stage1", "stage1"), ("stage2", "dko"), ("e2e", e2e[0] if e2e else None)):
@@ -264,9 +267,29 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) ->
     return "\n".join(lines) + "\n"
 
 
+PROTOCOL_WORDS = {
+    "eigen": "KITTI Eigen test split (`eigen`): raw Velodyne ground truth, Garg crop, depths in (min, 80 m)",
+    "eigen_benchmark": "KITTI Eigen benchmark split (`eigen_benchmark`): annotated ground truth, every pixel with "
+                       "ground truth, no crop",
+    "nyu": "NYUv2 Eigen test split (`nyu`): Eigen crop, depths in (min, 10 m)",
+    "synthetic": "DKO's synthetic scenes (`synthetic`): every pixel in the dataset's depth range",
+}
+
+
+def protocol_sentence(summary: pd.DataFrame) -> str:
+    """One line naming the evaluation protocol(s), resolution(s) and median scaling of the summary's rows."""
+    parts = []
+    for (protocol, resolution, scaled), _ in summary.groupby(["protocol", "resolution", "median_scaling"], sort=True):
+        words = PROTOCOL_WORDS.get(str(protocol), f"protocol `{protocol}`")
+        where = ("at each frame's native ground-truth resolution (predictions upsampled)" if resolution == "native"
+                 else "at the dataset's resolution")
+        parts.append(f"{words}; scored {where}; " + ("median-scaled per image." if scaled else "no median scaling."))
+    return "Evaluation: " + " ".join(parts) + "\n"
+
+
 def summary_markdown(summary: pd.DataFrame, costs: pd.DataFrame, ratios: Mapping[str, float], title: str) -> str:
     """``summary.md``: the model table, the stage-cost table and the headline ratios."""
-    parts = [f"# {title}\n",
+    parts = [f"# {title}\n", protocol_sentence(summary),
              "Depth metrics on the test split (AbsRel, SqRel, RMSE, RMSE-log: lower is better; a1-a3 = "
              "delta < 1.25^n: higher is better). `train_s` / `train_cpu_s`: wall / CPU seconds of all training "
              "stages the model depends on (`stages`); `peak_mem_mb`: the largest stage's peak (GPU max "

@@ -199,7 +199,12 @@ def parse_config_overrides(entries: Sequence[str] | None) -> dict:
 class DataConfig:
     source: str
     root: str | None
-    split_dir: str | None
+    protocol: str
+    splits_dir: str | None
+    train_split: str
+    test_split: str | None
+    train_gt: str | None
+    linear_light: bool
     gt_dir: str | None
     height: int
     width: int
@@ -565,8 +570,36 @@ def resolve_config(raw: Mapping | None, *, check_paths: bool = True) -> dict:
     if errors:
         raise ValueError(_format_error(errors[0]))
     resolved = _integral_floats_to_int(resolved, schema)
+    resolved["data"] = source_defaults(resolved["data"])
     _semantic_checks(resolved, check_paths=check_paths)
     return resolved
+
+
+SOURCE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic": {"n_train": 600, "n_val": 100, "n_test": 100, "min_depth_m": 1.0, "max_depth_m": 80.0},
+    "kitti": {"min_depth_m": 1e-3, "max_depth_m": 80.0},
+    "nyu": {"min_depth_m": 1e-3, "max_depth_m": 10.0},
+}
+"""What a null ``data.n_*`` / ``data.min_depth_m`` / ``data.max_depth_m`` means per source (real data: whole splits,
+the protocol's depth range; KITTI's and NYUv2's ranges are Monodepth2's MIN_DEPTH / MAX_DEPTH)."""
+
+KITTI_PROTOCOL_TEST_SPLIT = {"eigen": "eigen", "eigen_benchmark": "eigen_benchmark"}
+KITTI_PROTOCOL_GT = {"eigen": "velodyne", "eigen_benchmark": "annotated"}
+
+
+def source_defaults(data: Mapping) -> dict:
+    """The ``data`` section with every null that has a per-source meaning replaced by its value
+    (:data:`SOURCE_DEFAULTS`; KITTI's ``test_split`` and ``train_gt`` follow ``data.protocol``)."""
+    out = dict(data)
+    for key, value in SOURCE_DEFAULTS[out["source"]].items():
+        if out.get(key) is None:
+            out[key] = value
+    if out["source"] == "kitti":
+        if out.get("test_split") is None:
+            out["test_split"] = KITTI_PROTOCOL_TEST_SPLIT[out["protocol"]]
+        if out.get("train_gt") is None:
+            out["train_gt"] = KITTI_PROTOCOL_GT[out["protocol"]]
+    return out
 
 
 def _check_finite(value: Any, path: str = "") -> None:
@@ -606,19 +639,14 @@ def _semantic_checks(cfg: dict, *, check_paths: bool) -> None:
             f"config key 'data.min_depth_m' ({data['min_depth_m']}) must be smaller than "
             f"'data.max_depth_m' ({data['max_depth_m']})"
         )
-    if data["source"] == "synthetic":
-        for key in ("n_train", "n_val", "n_test"):
-            if data[key] is None:
-                raise ValueError(f"config key 'data.{key}' must be an integer for data.source=synthetic (got null)")
-    else:
+    if data["source"] != "synthetic":
         if data["root"] is None:
             raise ValueError(f"config key 'data.root' is required for data.source={data['source']}")
         if check_paths and not Path(data["root"]).is_dir():
             raise ValueError(f"config key 'data.root': dataset folder '{data['root']}' does not exist")
-        if check_paths and data["split_dir"] is not None and not Path(data["split_dir"]).is_dir():
-            raise ValueError(f"config key 'data.split_dir': folder '{data['split_dir']}' does not exist")
-        if check_paths and data["gt_dir"] is not None and not Path(data["gt_dir"]).is_dir():
-            raise ValueError(f"config key 'data.gt_dir': folder '{data['gt_dir']}' does not exist")
+        for key in ("splits_dir", "gt_dir"):
+            if check_paths and data[key] is not None and not Path(data[key]).is_dir():
+                raise ValueError(f"config key 'data.{key}': folder '{data[key]}' does not exist")
     net = cfg["network"]
     if net["pretrained_dir"] is not None and check_paths and not Path(net["pretrained_dir"]).is_dir():
         raise ValueError(f"config key 'network.pretrained_dir': folder '{net['pretrained_dir']}' does not exist")

@@ -295,7 +295,8 @@ def build_e2e(cfg, variant: str, *, meta: Mapping, stage1_model: str | Path | No
         model.eval()
     else:
         torch.manual_seed(cfg.seed)  # the initialisation of stage 1
-        model = DepthNet.from_config(cfg.network, (float(meta["min_depth_m"]), float(meta["max_depth_m"])))
+        model = DepthNet.from_config(cfg.network, (float(meta["min_depth_m"]), float(meta["max_depth_m"])),
+                                     meta.get("source", "synthetic"))
         model.train()
         bank = scratch_bank(model, wavelengths)
     bank = bank.to(device)

@@ -9,11 +9,13 @@ or :func:`image_errors`. Conventions follow the standard KITTI / NYUv2 evaluatio
   valid pixels), then clipped to ``[min_depth_m, max_depth_m]``;
 - per-image metrics are averaged over images (images without valid pixels are skipped and counted).
 
-Protocols:
+Protocols (KITTI's are named after Monodepth2's test splits):
 
-- ``kitti``: depth cap 80 m (the effective upper bound is ``min(max_depth_m, 80)``) and the Garg crop,
-  rows 0.40810811..0.99189189 and columns 0.03594771..0.96405229 of the image (normalised coordinates,
-  so it applies at any resolution);
+- ``eigen`` (KITTI, Velodyne ground truth): depth cap 80 m (the effective upper bound is ``min(max_depth_m, 80)``)
+  and the Garg crop, rows 0.40810811..0.99189189 and columns 0.03594771..0.96405229 of the image (normalised
+  coordinates, so it applies at any resolution);
+- ``eigen_benchmark`` (KITTI, annotated ground truth): every pixel with ground truth (``gt > 0``, no depth cap on
+  the ground truth, no crop), predictions clipped to ``[min_depth_m, min(max_depth_m, 80)]`` as in Monodepth2;
 - ``nyu``: cap 10 m and the Eigen crop, rows 45..471 of 480 and columns 41..601 of 640, scaled to the
   image size;
 - ``synthetic``: the dataset's own ``[min_depth_m, max_depth_m]``, no crop.
@@ -31,12 +33,17 @@ LOWER_IS_BETTER = {"abs_rel": True, "sq_rel": True, "rmse": True, "rmse_log": Tr
                    "a3": False}
 
 # Upper depth cap (metres) and crop (top, bottom, left, right as fractions of height / width) per protocol.
-PROTOCOL_CAP_M = {"kitti": 80.0, "nyu": 10.0, "synthetic": math.inf}
+PROTOCOL_CAP_M = {"eigen": 80.0, "eigen_benchmark": 80.0, "nyu": 10.0, "synthetic": math.inf}
 PROTOCOL_CROP = {
-    "kitti": (0.40810811, 0.99189189, 0.03594771, 0.96405229),  # Garg et al. 2016
+    "eigen": (0.40810811, 0.99189189, 0.03594771, 0.96405229),  # Garg et al. 2016
+    "eigen_benchmark": None,
     "nyu": (45 / 480, 471 / 480, 41 / 640, 601 / 640),  # Eigen et al. 2014
     "synthetic": None,
 }
+
+
+PROTOCOL_GT_RANGE = {"eigen": True, "eigen_benchmark": False, "nyu": True, "synthetic": True}
+"""Whether a ground-truth pixel must lie inside the depth range to count (eigen_benchmark: any ``gt > 0`` counts)."""
 
 
 def _check_protocol(protocol: str) -> None:
@@ -102,12 +109,14 @@ def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def valid_mask(gt: np.ndarray, protocol: str, min_depth_m: float, max_depth_m: float) -> np.ndarray:
-    """Pixels of a (H, W) ground-truth map that count: ``lo < gt < hi`` inside the protocol crop."""
+    """Pixels of a (H, W) ground-truth map that count: ``lo < gt < hi`` inside the protocol crop (``eigen_benchmark``:
+    ``gt > 0``, see :data:`PROTOCOL_GT_RANGE`)."""
     gt = np.asarray(gt)
     if gt.ndim != 2:
         raise ValueError(f"ground-truth depth must be (H, W), got shape {gt.shape}")
     lo, hi = depth_range(protocol, min_depth_m, max_depth_m)
-    return (gt > lo) & (gt < hi) & crop_mask(protocol, *gt.shape)
+    in_range = (gt > lo) & (gt < hi) if PROTOCOL_GT_RANGE[protocol] else (gt > 0) & np.isfinite(gt)
+    return in_range & crop_mask(protocol, *gt.shape)
 
 
 def training_mask(depth, min_depth_m: float, max_depth_m: float):
@@ -119,6 +128,41 @@ def training_mask(depth, min_depth_m: float, max_depth_m: float):
     return (depth > 0) & (depth >= min_depth_m) & (depth <= max_depth_m)
 
 
+def _linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices ``i0``, ``i1`` and weight of ``i1`` for half-pixel-centre linear resampling of ``n_in`` samples
+    to ``n_out``: source coordinate ``(j + 0.5) * n_in / n_out - 0.5`` clamped to ``[0, n_in - 1]`` (OpenCV's
+    INTER_LINEAR and torch's ``align_corners=False``)."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def upsample_prediction(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A predicted depth map resized to a ground-truth map's size as Monodepth2's evaluation does: its disparity
+    (1 / depth) resampled bilinearly (half-pixel centres, ``cv2.resize``'s default), then inverted.
+
+    Args:
+        pred: (h, w) predicted depth in metres, > 0.
+        shape: (H, W) of the ground truth.
+    Returns:
+        float64 (H, W) depth in metres (``pred`` itself, as float64, when the sizes agree).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim != 2:
+        raise ValueError(f"prediction must be (h, w), got shape {pred.shape}")
+    if tuple(pred.shape) == tuple(shape):
+        return pred
+    if not np.all(pred > 0):
+        raise ValueError("upsampling a prediction needs positive depths (it resamples the disparity 1 / depth)")
+    disp = 1.0 / pred
+    r0, r1, wr = _linear_weights(pred.shape[0], int(shape[0]))
+    c0, c1, wc = _linear_weights(pred.shape[1], int(shape[1]))
+    rows = disp[r0] * (1 - wr)[:, None] + disp[r1] * wr[:, None]
+    out = rows[:, c0] * (1 - wc)[None, :] + rows[:, c1] * wc[None, :]
+    return 1.0 / out
+
+
 def image_errors(gt: np.ndarray, pred: np.ndarray, protocol: str, min_depth_m: float, max_depth_m: float,
                  median_scaling: bool = False) -> tuple[dict[str, float], float] | None:
     """Metrics of one image.
@@ -126,7 +170,7 @@ def image_errors(gt: np.ndarray, pred: np.ndarray, protocol: str, min_depth_m: f
     Args:
         gt: (H, W) ground-truth depth in metres, 0 = invalid.
         pred: (H, W) predicted depth in metres (same size as ``gt``).
-        protocol: ``kitti``, ``nyu`` or ``synthetic``.
+        protocol: ``eigen``, ``eigen_benchmark``, ``nyu`` or ``synthetic``.
         min_depth_m, max_depth_m: the dataset's depth range (capped further by the protocol).
         median_scaling: scale the prediction by median(gt) / median(pred) over the valid pixels first.
     Returns:

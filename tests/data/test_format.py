@@ -43,3 +43,28 @@ def test_missing_file_says_how_to_rebuild(tmp_path):
     (folder / "names.txt").unlink()
     with pytest.raises(ValueError, match="names.txt' is missing; rebuild the dataset: delete the folder"):
         load_split(tmp_path, "test")
+
+
+def test_native_ground_truth_round_trips_at_each_frames_own_size(tmp_path):
+    """A split may keep every frame's ground truth at its own size (sparse), which the evaluation scores at."""
+    from dko.data.format import SplitWriter, load_split
+
+    rng = np.random.default_rng(0)
+    natives = [np.where(rng.random((7, 11)) < 0.3, rng.uniform(1, 80, (7, 11)), 0).astype(np.float32),
+               np.where(rng.random((6, 13)) < 0.3, rng.uniform(1, 80, (6, 13)), 0).astype(np.float32)]
+    with SplitWriter(tmp_path, "test", 2, 4, 5, native=True) as writer:
+        for i, native in enumerate(natives):
+            writer.write(i, np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5), np.float32), f"f{i}", native_depth=native)
+    split = load_split(tmp_path, "test")
+    assert len(split.native) == 2 and split.native.shape(1) == (6, 13)
+    for i, native in enumerate(natives):
+        np.testing.assert_array_equal(split.native[i], native)
+    with SplitWriter(tmp_path, "train", 1, 4, 5) as writer:
+        writer.write(0, np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5), np.float32), "t")
+    assert load_split(tmp_path, "train").native is None
+    with pytest.raises(ValueError, match="native_depth must be given"):
+        with SplitWriter(tmp_path, "val", 1, 4, 5, native=True) as writer:
+            writer.write(0, np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5), np.float32), "v")
+    (tmp_path / "test" / "native_index.npy").unlink()
+    with pytest.raises(ValueError, match="native_index.npy"):
+        load_split(tmp_path, "test")

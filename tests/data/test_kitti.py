@@ -55,16 +55,16 @@ def kitti_root(tmp_path):
              _add_frame(root, 2, 69, seed=2)]
     val = [_add_frame(root, 3, 7, side="r", gt_subset="val", seed=3)]
     test = [_add_frame(root, 4, 1, seed=4), _add_frame(root, 4, 2, ext=".jpg", seed=5)]
-    split_dir = root / "splits" / "eigen"
-    split_dir.mkdir(parents=True)
-    for name, lines in (("train", train), ("val", val), ("test", test)):
-        (split_dir / f"{name}_files.txt").write_text("\n".join(lines) + "\n")
+    for folder, name, lines in (("eigen_zhou", "train", train), ("eigen_zhou", "val", val),
+                                ("eigen_benchmark", "test", test)):        # Monodepth2's split folders
+        (root / "splits" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "splits" / folder / f"{name}_files.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
 def _cfg(root, height=H0, width=W0, workers=1, **data):
     d = dict(source="kitti", root=str(root), height=height, width=width, n_train=None, n_val=None, n_test=None,
-             workers=workers, min_depth_m=1e-3, max_depth_m=80.0)
+             workers=workers, min_depth_m=1e-3, max_depth_m=80.0, protocol="eigen_benchmark")
     d.update(data)
     return config_from_dict({"data": d}, check_paths=False)
 
@@ -73,14 +73,17 @@ def test_same_size_copies_depth_exactly_and_skips_missing_gt(kitti_root, tmp_pat
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="dko.data.kitti"):
         summary = prepare_kitti(_cfg(kitti_root), out)
-    assert "0000000005" in caplog.text and "no annotated depth" in caplog.text
+    assert "0000000005" in caplog.text and "no annotated ground truth" in caplog.text
     meta = read_meta(out)
     assert meta["counts"] == {"train": 2, "val": 1, "test": 2}
     assert meta["missing_gt"] == {"train": 1, "val": 0, "test": 0}
     assert meta["split_lines"] == {"train": 3, "val": 1, "test": 2}
-    assert meta["protocol"] == "kitti" and meta["source"] == "kitti"
+    assert meta["protocol"] == "eigen_benchmark" and meta["source"] == "kitti"
+    assert meta["ground_truth"] == {"train": "annotated", "val": "annotated", "test": "annotated"}
+    assert meta["image_encoding"] == "srgb" and meta["linear_light"] is True
     assert meta["original_size"] == [H0, W0] and meta["original_sizes"] == {f"{H0}x{W0}": 5}
-    assert meta["split_files"]["test"] == str(kitti_root / "splits" / "eigen" / "test_files.txt")
+    assert meta["split_files"]["test"] == str(kitti_root / "splits" / "eigen_benchmark" / "test_files.txt")
+    assert meta["split_files"]["val"] == str(kitti_root / "splits" / "eigen_zhou" / "val_files.txt")
     assert meta["max_depth_m"] == 80.0
     assert summary["n_train"] == 2 and summary["missing_gt_train"] == 1
 
@@ -188,7 +191,7 @@ def test_image_resize_is_anti_aliased():
 
 
 def test_missing_and_corrupt_files_are_named(kitti_root, tmp_path):
-    split_dir = kitti_root / "splits" / "eigen"
+    split_dir = kitti_root / "splits" / "eigen_zhou"
     # missing root / config
     with pytest.raises(ValueError, match="data.root"):
         config_from_dict({"data": {"source": "kitti", "root": str(tmp_path / "nowhere"), "n_train": None}})
@@ -200,13 +203,13 @@ def test_missing_and_corrupt_files_are_named(kitti_root, tmp_path):
         prepare_kitti(_cfg(kitti_root), tmp_path / "o1")
     (split_dir / "val_files.bak").rename(split_dir / "val_files.txt")
     # malformed split line
-    bad = split_dir.parent / "bad"
-    bad.mkdir()
-    for name in ("train", "val", "test"):
-        (bad / f"{name}_files.txt").write_text((split_dir / f"{name}_files.txt").read_text())
+    bad = tmp_path / "elsewhere" / "bad"                # a split by path, outside data.splits_dir
+    bad.mkdir(parents=True)
     (bad / "test_files.txt").write_text(f"{DATE}/{DATE}_drive_0004_sync 1 x\n")
     with pytest.raises(ValueError, match=r"test_files.txt' line 1"):
-        prepare_kitti(_cfg(kitti_root, split_dir=str(bad)), tmp_path / "o2")
+        prepare_kitti(_cfg(kitti_root, test_split=str(bad)), tmp_path / "o2")
+    with pytest.raises(ValueError, match=r"data.test_split.*'no_such_split'.*splits"):
+        prepare_kitti(_cfg(kitti_root, test_split="no_such_split"), tmp_path / "o2b")
     # missing image (ground truth present)
     img = kitti_root / DATE / f"{DATE}_drive_0002_sync" / "image_02" / "data" / "0000000069.png"
     img.rename(img.with_suffix(".bak"))
@@ -247,7 +250,7 @@ def test_the_devkit_unpack_anywhere_and_monodepth2_in_drive_layout_read_the_same
     prepare_kitti(_cfg(kitti_root), reference)
     devkit = tmp_path / "downloads" / "depth_annotated"            # the zip's train/ and val/ at the top
     _move_gt(kitti_root, lambda subset, drive, camera: devkit / subset / drive / "proj_depth" / "groundtruth" / camera)
-    with pytest.raises(ValueError, match=r"(?s)none of its 3 frames.*data_depth_annotated/train/.*"
+    with pytest.raises(ValueError, match=r"(?s)none of its 3 frames has annotated.*data_depth_annotated/train/.*"
                                          r"2011_09_26/2011_09_26_drive_0001_sync/proj_depth/groundtruth/image_02.*data.gt_dir"):
         prepare_kitti(_cfg(kitti_root), tmp_path / "nothing")
     prepare_kitti(_cfg(kitti_root, gt_dir=str(devkit)), tmp_path / "devkit")

@@ -149,6 +149,10 @@ def test_a_network_keeps_its_own_depth_range():
     chosen = config_from_dict({"network": {"pretrained_dir": "/weights", "depth_range_m": [0.5, 50]}},
                               check_paths=False).network
     assert network_depth_range(chosen, dataset) == (0.5, 50.0)
+    # real data: Monodepth2's range too (the protocols' 1e-3 m floor is an evaluation cap, not an output range)
+    assert network_depth_range(plain, dataset, "kitti") == network_depth_range(plain, dataset, "nyu") == (0.1, 100.0)
+    assert network_depth_range(plain, dataset, "synthetic") == dataset
+    assert network_depth_range(chosen, dataset, "kitti") == (0.5, 50.0)
     model = DepthNet.from_config(imported, dataset)
     assert (model.arch["min_depth_m"], model.arch["max_depth_m"]) == (0.1, 100.0)
     with pytest.raises(ValueError, match=r"network.depth_range_m.*min < max"):

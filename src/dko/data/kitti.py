@@ -11,17 +11,30 @@ Expected input layout (``cfg.data.root``)::
         uint16 PNG of the same size as the image, depth = value / 256 metres, 0 = no ground truth
     <root>/<date>/<date>_drive_XXXX_sync/proj_depth/groundtruth/image_0{2,3}/<frame:010d>.png
         or the same maps moved inside each raw drive folder (Monodepth2's convention)
-    <split_dir>/{train,val,test}_files.txt
+    <root>/<date>/<date>_drive_XXXX_sync/velodyne_points/data/<frame:010d>.bin    raw Velodyne scans (float32 x y z r)
+    <root>/<date>/calib_cam_to_cam.txt, calib_velo_to_cam.txt                    the day's calibration
+    <splits_dir>/<train_split>/{train,val}_files.txt      default <root>/splits/eigen_zhou (Monodepth2's splits/ folder)
+    <splits_dir>/<test_split>/test_files.txt              default <root>/splits/eigen or .../eigen_benchmark
+    <splits_dir>/<test_split>/gt_depths.npz               optional: Monodepth2's export_gt_depth.py output
         split lists in Monodepth2 format, one frame a line: ``<date>/<drive_folder> <frame> <l|r>``,
-        e.g. ``2011_09_26/2011_09_26_drive_0002_sync 69 l`` (``l`` = image_02, ``r`` = image_03).
-        ``split_dir`` defaults to ``<root>/splits/eigen``; all three files are required (Monodepth2's own
-        ``eigen`` folder ships only ``test_files.txt``: copy e.g. ``eigen_zhou``'s train/val lists next to it).
+        e.g. ``2011_09_26/2011_09_26_drive_0002_sync 0000000069 l`` (``l`` = image_02, ``r`` = image_03; frame
+        numbers zero-padded or not, as ``eigen`` and ``eigen_zhou`` ship them). A split is a name inside
+        ``data.splits_dir`` (default ``<root>/splits``) or a path (:func:`split_folder`).
 
-The ground truth of a frame is looked up in ``<gt_dir>/train``, then ``<gt_dir>/val`` (the official benchmark assigns
-each drive to one of them; Eigen's split lists ignore that assignment), then inside its drive folder
-(:func:`gt_candidates`). Split lines whose frame has
-no annotated depth map (there are such frames in the Eigen test split) are skipped with a logged warning and
-counted in ``meta.json`` (``missing_gt``). ``data.n_<split>`` keeps the first N usable lines (null = all).
+Ground truth (``data.protocol``, ``data.train_gt``):
+
+* ``velodyne``: the raw scan projected into the frame's camera exactly as the ``eigen`` protocol does
+  (:mod:`dko.data.velodyne`); frames without a scan are skipped;
+* ``annotated``: the depth benchmark's map, looked up in ``<gt_dir>/train``, then ``<gt_dir>/val`` (the benchmark
+  assigns each drive to one of them; Eigen's split lists ignore that assignment), then inside its drive folder
+  (:func:`gt_candidates`); frames without one (there are such frames in the Eigen test split) are skipped;
+* the test split uses the protocol's ground truth (``eigen``: Velodyne, ``eigen_benchmark``: annotated), read from
+  the test split folder's ``gt_depths.npz`` when it holds one (one map per line of ``test_files.txt``, in order),
+  else built as above; training and validation use ``data.train_gt`` (null = the protocol's).
+
+Skipped lines are logged and counted in ``meta.json`` (``missing_gt``). ``data.n_<split>`` keeps the first N usable
+lines (null = all). The test split also keeps every frame's ground truth at its native size (``native_*.npy``,
+:mod:`dko.data.format`): the evaluation upsamples predictions to it and applies the protocol there.
 
 Resizing to ``(data.height, data.width)``:
 
@@ -32,9 +45,11 @@ Resizing to ``(data.height, data.width)``:
   the target pixel's centre* (ties: the smaller depth, i.e. the nearer surface), and 0 where no valid sample falls in
   it. Output values are therefore always measured LiDAR depths; with an unchanged size the map is copied exactly.
 
-Depths are stored raw (value / 256 m; 0 = invalid): the depth caps ``data.min_depth_m`` / ``data.max_depth_m`` and the
-Garg/Eigen crop are applied by the metrics (protocol ``kitti``), not here. Frames are converted in
-``data.workers`` processes; the output does not depend on the worker count.
+Depths are stored raw (metres; 0 = invalid): the depth caps ``data.min_depth_m`` / ``data.max_depth_m`` and the
+Garg crop are applied by the metrics (protocol ``eigen`` or ``eigen_benchmark``, :mod:`dko.metrics`), not here.
+Images are stored as their sRGB codes (``meta.json`` ``image_encoding: srgb``); with ``data.linear_light`` the
+network and the optics see them decoded to linear light (:func:`dko.data.format.input_decoding`). Frames are
+converted in ``data.workers`` processes; the output does not depend on the worker count.
 """
 
 from __future__ import annotations
@@ -54,6 +69,8 @@ from dko.config import Config
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
+SPLITS_FOLDER = "splits"        # default data.splits_dir, inside data.root
+GT_DEPTHS_NPZ = "gt_depths.npz"
 CAMERA = {"l": "image_02", "r": "image_03"}
 DEPTH_SCALE = 256.0        # annotated depth PNG: metres = value / 256
 GT_SUBSETS = ("train", "val")
@@ -210,15 +227,61 @@ def resize_sparse_depth(depth: np.ndarray, height: int, width: int) -> np.ndarra
     return out
 
 
-def _convert(job: tuple) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Worker: (image file, depth file, height, width) -> resized uint8 image, float32 depth, original (h, w)."""
-    img_file, gt_file, height, width = job
+def split_folder(value: str, splits_dir: Path, key: str) -> Path:
+    """The folder of split ``value`` (config key ``data.<key>``): ``<splits_dir>/<value>`` if that is a folder, else
+    ``value`` as a path; ValueError naming both places when neither exists."""
+    named = Path(splits_dir) / value
+    if named.is_dir():
+        return named
+    if Path(value).is_dir():
+        return Path(value)
+    raise ValueError(f"config key 'data.{key}': KITTI split '{value}' is neither a folder in '{splits_dir}' "
+                     f"(data.splits_dir) nor a folder path (looked for '{named}' and '{value}')")
+
+
+def gt_places(root: Path, frame: KittiFrame, kind: str, gt_dir: Path | None) -> list[Path]:
+    """Every file that may hold ``frame``'s ground truth of ``kind`` (``annotated`` or ``velodyne``)."""
+    from dko.data.velodyne import velodyne_path
+
+    if kind == "velodyne":
+        return [velodyne_path(root, frame.folder, frame.frame)]
+    return gt_candidates(root, frame, gt_dir)
+
+
+def gt_source(root: Path, frame: KittiFrame, kind: str, gt_dir: Path | None) -> tuple | None:
+    """What a conversion worker reads for ``frame``'s ground truth: ``("png", path)``, ``("velodyne", root, folder,
+    frame, camera)``, or None when the frame has none of ``kind``."""
+    if kind == "velodyne":
+        place = gt_places(root, frame, kind, gt_dir)[0]
+        return ("velodyne", str(root), frame.folder, frame.frame, frame.camera) if place.is_file() else None
+    found = gt_path(root, frame, gt_dir)
+    return ("png", str(found)) if found is not None else None
+
+
+def read_gt(source: tuple) -> np.ndarray:
+    """float32 (h, w) metres of a :func:`gt_source` (or ``("array", map)`` from a gt_depths.npz), 0 = none."""
+    from dko.data.velodyne import velodyne_depth_map
+
+    kind = source[0]
+    if kind == "png":
+        return read_depth_png(Path(source[1]))
+    if kind == "velodyne":
+        return velodyne_depth_map(Path(source[1]), source[2], source[3], source[4])
+    return np.asarray(source[1], dtype=np.float32)
+
+
+def _convert(job: tuple) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
+    """Worker: (image file, ground-truth source, height, width, keep native) -> resized uint8 image, resized float32
+    depth, original (h, w), and the native-size depth when asked for."""
+    img_file, gt, height, width, native = job
     image = read_rgb(Path(img_file))
-    depth = read_depth_png(Path(gt_file))
+    depth = read_gt(gt)
     if depth.shape != image.shape[:2]:
-        raise ValueError(f"depth map '{gt_file}' is {depth.shape[1]}x{depth.shape[0]} but image '{img_file}' is "
+        where = gt[1] if gt[0] == "png" else f"{gt[0]} ground truth"
+        raise ValueError(f"depth map '{where}' is {depth.shape[1]}x{depth.shape[0]} but image '{img_file}' is "
                          f"{image.shape[1]}x{image.shape[0]}")
-    return resize_rgb(image, height, width), resize_sparse_depth(depth, height, width), image.shape[:2]
+    return (resize_rgb(image, height, width), resize_sparse_depth(depth, height, width), image.shape[:2],
+            depth if native else None)
 
 
 def _pool_context():
@@ -227,15 +290,78 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
+@dataclass
+class SplitPlan:
+    """What one split converts: ``frames`` with their image file and ground-truth source, where the list came from,
+    which ground truth it uses and the lines skipped without one."""
+
+    list_file: Path
+    gt_kind: str
+    gt_from: str
+    lines: int
+    frames: list[tuple[KittiFrame, Path, tuple]]
+    missing: int
+
+
+def _split_lists(data, root: Path) -> dict[str, tuple[Path, str]]:
+    """Per split: its list file and the ground truth it uses (``annotated`` / ``velodyne``)."""
+    splits_dir = Path(data.splits_dir) if data.splits_dir is not None else root / SPLITS_FOLDER
+    train_folder = split_folder(data.train_split, splits_dir, "train_split")
+    test_folder = split_folder(data.test_split, splits_dir, "test_split")
+    test_gt = {"eigen": "velodyne", "eigen_benchmark": "annotated"}[data.protocol]
+    return {"train": (train_folder / "train_files.txt", data.train_gt),
+            "val": (train_folder / "val_files.txt", data.train_gt),
+            "test": (test_folder / "test_files.txt", test_gt)}
+
+
+def _plan_split(split: str, list_file: Path, gt_kind: str, limit: int | None, root: Path,
+                gt_dir: Path | None) -> SplitPlan:
+    """Select the first ``limit`` usable lines of ``list_file`` (all when None)."""
+    from dko.data.velodyne import read_gt_depths_npz
+
+    frames = read_split_file(list_file)
+    npz = list_file.parent / GT_DEPTHS_NPZ if split == "test" else None
+    stored = read_gt_depths_npz(npz, len(frames)) if npz is not None and npz.is_file() else None
+    chosen, skipped = [], []
+    for i, frame in enumerate(frames):
+        if limit is not None and len(chosen) >= limit:
+            break
+        source = ("array", stored[i]) if stored is not None else gt_source(root, frame, gt_kind, gt_dir)
+        if source is None:
+            skipped.append(frame)
+            continue
+        chosen.append((frame, image_path(root, frame), source))
+    for frame in skipped[:5]:
+        log.warning("KITTI %s: no %s ground truth for %s (%s); skipped", split, gt_kind, frame.name, frame.source)
+    if len(skipped) > 5:
+        log.warning("KITTI %s: %d more frames without %s ground truth skipped", split, len(skipped) - 5, gt_kind)
+    if not chosen:
+        looked = "\n  ".join(str(p) for p in gt_places(root, frames[0], gt_kind, gt_dir))
+        hint = ("the devkit's data_depth_annotated unpacked with train/ and val/ at its top: point config key "
+                f"'data.gt_dir' at it, default <data.root>/{GT_FOLDER}; or Monodepth2's layout inside each drive "
+                "folder" if gt_kind == "annotated" else
+                "the raw drives' velodyne_points/data/*.bin (or a gt_depths.npz in the test split folder)")
+        raise ValueError(f"KITTI split file '{list_file}': none of its {len(frames)} frames has {gt_kind} ground "
+                         f"truth. For its first frame I looked for:\n  {looked}\n({hint})")
+    if limit is not None and len(chosen) < limit:
+        log.warning("KITTI %s: only %d usable frames (data.n_%s = %d)", split, len(chosen), split, limit)
+    elif limit is not None:
+        log.warning("KITTI %s: data.n_%s = %d keeps the first %d of %d lines of %s (null = the whole split)",
+                    split, split, limit, limit, len(frames), list_file)
+    gt_from = str(npz) if stored is not None else gt_kind
+    return SplitPlan(list_file=list_file, gt_kind=gt_kind, gt_from=gt_from, lines=len(frames), frames=chosen,
+                     missing=len(skipped))
+
+
 def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
     """Convert KITTI (layout in the module docstring) into the dataset folder ``out_dir`` (:mod:`dko.data.format`).
 
-    Uses ``cfg.data.{root, split_dir, gt_dir, height, width, n_train, n_val, n_test, min_depth_m, max_depth_m,
-    workers}``.
-    Returns a summary: ``n_<split>`` (frames written), ``missing_gt_<split>`` (split lines skipped for lack of an
-    annotated depth map), ``valid_fraction_<split>`` (share of pixels with ground truth after resizing),
+    Uses ``cfg.data.{root, protocol, splits_dir, train_split, test_split, train_gt, gt_dir, linear_light, height,
+    width, n_train, n_val, n_test, min_depth_m, max_depth_m, workers}``.
+    Returns a summary: ``n_<split>`` (frames written), ``missing_gt_<split>`` (split lines skipped for lack of
+    ground truth), ``valid_fraction_<split>`` (share of pixels with ground truth after resizing),
     ``convert_s`` and ``workers``. Raises ValueError naming the file for a missing root / split file / image or a
-    corrupt PNG, and when a split has no usable frame.
+    corrupt file, and when a split has no usable frame.
     """
     from tqdm import tqdm
 
@@ -247,9 +373,6 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
     root = Path(data.root)
     if not root.is_dir():
         raise ValueError(f"config key 'data.root': KITTI folder '{root}' does not exist")
-    split_dir = Path(data.split_dir) if data.split_dir is not None else root / "splits" / "eigen"
-    if not split_dir.is_dir():
-        raise ValueError(f"KITTI split folder '{split_dir}' does not exist (config key 'data.split_dir')")
     gt_dir = Path(data.gt_dir) if data.gt_dir is not None else None
     if gt_dir is not None and not gt_dir.is_dir():
         raise ValueError(f"config key 'data.gt_dir': KITTI annotated-depth folder '{gt_dir}' does not exist")
@@ -258,57 +381,26 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)     # meta.json marks a complete dataset: drop a stale one
 
-    # select frames: the first n usable lines of every split (those with an annotated depth map)
-    plan: dict[str, list[tuple[KittiFrame, Path, Path]]] = {}
-    missing: dict[str, int] = {}
-    lines: dict[str, int] = {}
-    split_files: dict[str, str] = {}
-    for split in SPLIT_NAMES:
-        path = split_dir / f"{split}_files.txt"
-        frames = read_split_file(path)
-        split_files[split] = str(path)
-        lines[split] = len(frames)
-        limit = getattr(data, f"n_{split}")
-        chosen, skipped = [], []
-        for frame in frames:
-            if limit is not None and len(chosen) >= limit:
-                break
-            gt = gt_path(root, frame, gt_dir)
-            if gt is None:
-                skipped.append(frame)
-                continue
-            chosen.append((frame, image_path(root, frame), gt))
-        missing[split] = len(skipped)
-        for frame in skipped[:5]:
-            log.warning("KITTI %s: no annotated depth map for %s (%s); skipped", split, frame.name, frame.source)
-        if len(skipped) > 5:
-            log.warning("KITTI %s: %d more frames without annotated depth skipped", split, len(skipped) - 5)
-        if not chosen:
-            looked = "\n  ".join(str(p) for p in gt_candidates(root, frames[0], gt_dir))
-            raise ValueError(f"KITTI split file '{path}': none of its {len(frames)} frames has an annotated depth map. "
-                             f"For its first frame I looked for:\n  {looked}\n(the devkit's data_depth_annotated "
-                             f"unpacked with train/ and val/ at its top: point config key 'data.gt_dir' at it, "
-                             f"default <data.root>/{GT_FOLDER}; or Monodepth2's layout inside each drive folder)")
-        if limit is not None and len(chosen) < limit:
-            log.warning("KITTI %s: only %d usable frames (data.n_%s = %d)", split, len(chosen), split, limit)
-        plan[split] = chosen
+    plan = {split: _plan_split(split, list_file, kind, getattr(data, f"n_{split}"), root, gt_dir)
+            for split, (list_file, kind) in _split_lists(data, root).items()}
 
     start = time.perf_counter()
-    total = sum(len(v) for v in plan.values())
+    total = sum(len(p.frames) for p in plan.values())
     workers = max(1, min(int(data.workers), os.cpu_count() or 1, total))
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) if workers > 1 else None
     sizes: Counter = Counter()
     valid_fraction: dict[str, float] = {}
     try:
-        for split, chosen in plan.items():
-            jobs = [(str(img), str(gt), H, W) for _, img, gt in chosen]
+        for split, p in plan.items():
+            native = split == "test"
+            jobs = [(str(img), gt, H, W, native) for _, img, gt in p.frames]
             results = pool.map(_convert, jobs, chunksize=4) if pool else map(_convert, jobs)
             valid = 0
-            with SplitWriter(out_dir, split, len(jobs), H, W) as writer:
-                for i, (result, (frame, _, _)) in enumerate(tqdm(zip(results, chosen), total=len(jobs),
+            with SplitWriter(out_dir, split, len(jobs), H, W, native=native) as writer:
+                for i, (result, (frame, _, _)) in enumerate(tqdm(zip(results, p.frames), total=len(jobs),
                                                                    desc=f"kitti {split}", leave=False)):
-                    image, depth, size = result
-                    writer.write(i, image, depth, frame.name)
+                    image, depth, size, native_depth = result
+                    writer.write(i, image, depth, frame.name, native_depth=native_depth)
                     sizes[f"{size[0]}x{size[1]}"] += 1
                     valid += int(np.count_nonzero(depth))
             valid_fraction[split] = valid / (len(jobs) * H * W)
@@ -317,20 +409,29 @@ def prepare_kitti(cfg: Config, out_dir: Path) -> dict:
             pool.shutdown()
     elapsed = time.perf_counter() - start
 
-    counts = {split: len(chosen) for split, chosen in plan.items()}
+    counts = {split: len(p.frames) for split, p in plan.items()}
+    missing = {split: p.missing for split, p in plan.items()}
     common_h, common_w = (int(v) for v in sizes.most_common(1)[0][0].split("x"))
-    write_meta(out_dir, source="kitti", protocol="kitti", height=H, width=W, min_depth_m=data.min_depth_m,
-               max_depth_m=data.max_depth_m, counts=counts, dataset_root=str(root), split_dir=str(split_dir),
-               split_files=split_files, split_lines=lines, missing_gt=missing,
+    write_meta(out_dir, source="kitti", protocol=data.protocol, height=H, width=W, min_depth_m=data.min_depth_m,
+               max_depth_m=data.max_depth_m, counts=counts, dataset_root=str(root),
+               split_files={k: str(p.list_file) for k, p in plan.items()},
+               split_lines={k: p.lines for k, p in plan.items()}, missing_gt=missing,
+               ground_truth={k: p.gt_kind for k, p in plan.items()},
+               ground_truth_from={k: p.gt_from for k, p in plan.items()},
                original_size=[common_h, common_w], original_sizes=dict(sorted(sizes.items())),
-               depth_kind="LiDAR-based annotated depth (value / 256 m), sparse; 0 = no ground truth",
+               depth_kind={"annotated": "KITTI depth benchmark maps (value / 256 m), sparse; 0 = no ground truth",
+                           "velodyne": "raw Velodyne scan projected into the camera (depth = Velodyne x, m), as "
+                                       "Monodepth2's export_gt_depth.py; 0 = no point"},
                depth_resize="nearest valid source sample to the target pixel centre (ties: smaller depth); "
                             "0 where none",
-               image_resize="Pillow bilinear, anti-aliased", color="sRGB (camera PNG)")
+               evaluation=f"test split scored at each frame's native ground truth (predictions upsampled as "
+                          f"disparity, bilinear), protocol {data.protocol}",
+               image_resize="Pillow bilinear, anti-aliased", color="sRGB (camera PNG)", image_encoding="srgb",
+               linear_light=bool(data.linear_light))
     summary: dict = {f"n_{k}": v for k, v in counts.items()}
     summary.update({f"missing_gt_{k}": v for k, v in missing.items()})
     summary.update({f"valid_fraction_{k}": v for k, v in valid_fraction.items()})
     summary.update(convert_s=elapsed, workers=workers)
-    log.info("KITTI: %s frames converted in %.1f s (%d workers); skipped without ground truth: %s",
-             counts, elapsed, workers, missing)
+    log.info("KITTI (%s): %s frames converted in %.1f s (%d workers); skipped without ground truth: %s",
+             data.protocol, counts, elapsed, workers, missing)
     return summary

@@ -13,7 +13,7 @@ Expected input layout (``cfg.data.root``)::
                                       MATLAB v5 (read with scipy.io.loadmat) or v7.3 (read with h5py).
 
 The official split is never invented: without ``splits.mat`` a ValueError names the missing file.
-Splits written: ``val`` = the last ``data.n_val`` train indices (in file order; null -> 100, the schema default),
+Splits written: ``val`` = the last ``data.n_val`` train indices (in file order; null -> 100),
 ``train`` = the first ``data.n_train`` of the remaining train indices, ``test`` = the first ``data.n_test`` test
 indices (null = all).
 
@@ -21,7 +21,10 @@ Resizing to ``(data.height, data.width)``: images with Pillow's anti-aliased bil
 area averaging (box filter): the mean of the *valid* source samples under each target pixel, 0 where fewer than half
 of the covered source area is valid, so invalid zeros are never averaged into valid depths. Depths are stored raw
 in metres (0 = invalid); caps and the Eigen crop (defined on the 480x640 original, recorded in ``meta.json`` as
-``original_size``) are applied by the metrics (protocol ``nyu``). The conversion runs in one process (it is bound
+``original_size``) are applied by the metrics (protocol ``nyu``). The test split also keeps its depth maps at the
+native 480x640 (``native_*.npy``, :mod:`dko.data.format`), where the evaluation scores upsampled predictions.
+Images are stored as their sRGB codes (``meta.json`` ``image_encoding: srgb``); with ``data.linear_light`` the
+network and the optics see them decoded to linear light (:func:`dko.data.format.input_decoding`). The conversion runs in one process (it is bound
 by reading the HDF5 file); ``data.workers`` is not used.
 """
 
@@ -178,7 +181,8 @@ def prepare_nyu(cfg: Config, out_dir: Path) -> dict:
                                  f"'{labeled}' has only {n_frames} frames")
         for split, idx in plan.items():
             valid = 0
-            with SplitWriter(out_dir, split, len(idx), H, W) as writer:
+            native = split == "test"
+            with SplitWriter(out_dir, split, len(idx), H, W, native=native) as writer:
                 for i, n in enumerate(tqdm(idx, desc=f"nyu {split}", leave=False)):
                     try:
                         image = np.asarray(images[n]).transpose(2, 1, 0)         # (3, W, H) -> (H, W, 3)
@@ -187,8 +191,10 @@ def prepare_nyu(cfg: Config, out_dir: Path) -> dict:
                         raise ValueError(f"NYUv2 file '{labeled}': frame {n + 1} cannot be read: {exc}") from exc
                     if image.dtype != np.uint8:
                         image = np.clip(image, 0, 255).astype(np.uint8)
-                    depth = resize_dense_depth(depth, H, W)
-                    writer.write(i, resize_rgb(image, H, W), depth, f"nyu-labeled-{n + 1:04d}")
+                    small = resize_dense_depth(depth, H, W)
+                    writer.write(i, resize_rgb(image, H, W), small, f"nyu-labeled-{n + 1:04d}",
+                                 native_depth=np.where(np.isfinite(depth) & (depth > 0), depth, 0) if native else None)
+                    depth = small
                     valid += int(np.count_nonzero(depth))
             valid_fraction[split] = valid / (len(idx) * H * W)
     elapsed = time.perf_counter() - start
@@ -201,7 +207,12 @@ def prepare_nyu(cfg: Config, out_dir: Path) -> dict:
                val_from="last n_val indices of trainNdxs",
                depth_kind="in-painted Kinect depth (m), dense; 0 = invalid",
                depth_resize=f"masked area mean of valid samples; 0 where valid coverage < {MIN_VALID_COVERAGE}",
-               image_resize="Pillow bilinear, anti-aliased", color="sRGB (camera)")
+               image_resize="Pillow bilinear, anti-aliased", color="sRGB (camera)", image_encoding="srgb",
+               linear_light=bool(data.linear_light),
+               ground_truth={"train": "in-painted Kinect depth", "val": "in-painted Kinect depth",
+                             "test": "in-painted Kinect depth, native 480x640"},
+               evaluation="test split scored at the native 480x640 ground truth (predictions upsampled as "
+                          "disparity, bilinear), Eigen crop, depth in (min_depth_m, max_depth_m)")
     summary: dict = {f"n_{k}": v for k, v in counts.items()}
     summary.update({f"valid_fraction_{k}": v for k, v in valid_fraction.items()})
     summary.update(convert_s=elapsed)

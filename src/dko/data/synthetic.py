@@ -844,7 +844,9 @@ def prepare_synthetic(cfg, out_dir: str | Path) -> dict:
     elapsed = time.perf_counter() - start
     write_meta(out_dir, source="synthetic", protocol="synthetic", height=H, width=W, min_depth_m=data.min_depth_m,
                max_depth_m=data.max_depth_m, counts=counts, seed=int(cfg.seed), generator_version=GENERATOR_VERSION,
-               focal_px=FOCAL_REL * W, depth_kind="z-depth along the optical axis (m)", color="linear RGB")
+               focal_px=FOCAL_REL * W, depth_kind="z-depth along the optical axis (m)", color="linear RGB",
+               image_encoding="linear", linear_light=True,
+               ground_truth={split: "rendered z-depth" for split in counts})
 
     train = load_split(out_dir, "train").depth
     test = load_split(out_dir, "test").depth

@@ -1,7 +1,7 @@
 """Depth evaluation of any predictor on a prepared dataset split, with :mod:`dko.metrics`.
 
-A *predictor* is a function ``predict(images) -> depth``: uint8 (B, H, W, 3) linear RGB -> float
-(B, H, W) metres. :func:`evaluate_predictor` runs one over a split. A *builder* makes a predictor from a
+A *predictor* is a function ``predict(images) -> depth``: uint8 (B, H, W, 3) stored codes (decoded as the
+dataset's meta.json says, :func:`dko.data.format.input_decoding`) -> float (B, H, W) metres. :func:`evaluate_predictor` runs one over a split. A *builder* makes a predictor from a
 :class:`PredictorContext` (``build_electronic``, ``build_mean``, ``build_rowmean`` here; the opto-electronic
 models' builders live in :mod:`dko.frontend`); the model catalogue (:mod:`dko.catalogue`) maps model names to
 builders, so the workflow's single ``evaluate`` rule serves every model through its ``{model}`` wildcard:
@@ -22,7 +22,7 @@ import numpy as np
 from dko.config import Config
 from dko.data.format import Split, load_split, read_meta
 from dko.io import atomic_path, write_json
-from dko.metrics import MetricAccumulator, training_mask
+from dko.metrics import MetricAccumulator, training_mask, upsample_prediction
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,11 @@ def evaluate_predictor(predict_fn: PredictFn, split: Split, protocol: str, min_d
                        median_scaling: bool = False, batch_size: int = 16, progress: bool = False) -> dict:
     """Mean Eigen metrics of ``predict_fn`` over ``split`` (see :func:`dko.metrics.evaluate_depth_maps`).
 
+    When the split holds native-size ground truth (``split.native``, real data's test split) every prediction is
+    upsampled to its frame's ground truth (:func:`dko.metrics.upsample_prediction`) and scored there, as the
+    published KITTI / NYUv2 protocols do; otherwise it is scored against ``split.depth``.
     Returns the metrics result plus ``per_image_abs_rel`` (list, one per evaluated image, skipped images
-    omitted) and ``predict_s`` (seconds spent inside ``predict_fn``).
+    omitted), ``predict_s`` (seconds spent inside ``predict_fn``) and ``resolution`` (``native`` or ``dataset``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -57,27 +60,37 @@ def evaluate_predictor(predict_fn: PredictFn, split: Split, protocol: str, min_d
         predict_s += time.perf_counter() - t
         if preds.shape != gts.shape:
             raise ValueError(f"predictor returned shape {preds.shape}, expected {gts.shape}")
-        for gt, pred in zip(gts, preds):
+        for i, (gt, pred) in enumerate(zip(gts, preds)):
+            if split.native is not None:
+                gt = split.native[start + i]
+                pred = upsample_prediction(pred, gt.shape)
             m = acc.add(gt, pred)
             if m is not None:
                 per_image.append(m["abs_rel"])
     out = acc.result()
     out["per_image_abs_rel"] = per_image
     out["predict_s"] = predict_s
+    out["resolution"] = "native" if split.native is not None else "dataset"
     return out
 
 
 # ----------------------------------------------------------------------------- predictors
-def model_predictor(model, device: Any = "cpu") -> PredictFn:
-    """Predictor of a :class:`dko.depth.model.DepthNet` (eval mode, no gradients)."""
+def model_predictor(model, device: Any = "cpu", *, decoding: str) -> PredictFn:
+    """Predictor of a :class:`dko.depth.model.DepthNet` (eval mode, no gradients).
+
+    ``decoding``: how the uint8 images become the network's input, :func:`dko.data.format.input_decoding` of
+    the dataset (``"none"``: code / 255; ``"srgb"``: sRGB codes decoded to linear light).
+    """
     import torch
 
-    from dko.data.format import batch_to_tensors
+    from dko.data.format import DECODINGS, batch_to_tensors
 
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown image decoding {decoding!r} (expected one of {DECODINGS})")
     model = model.to(device).eval()
 
     def predict(images: np.ndarray) -> np.ndarray:
-        img, _ = batch_to_tensors(np.array(images), np.zeros(images.shape[:3], np.float32))
+        img, _ = batch_to_tensors(np.array(images), np.zeros(images.shape[:3], np.float32), decoding)
         with torch.no_grad():
             depth = model.predict_depth(img.to(device))
         return depth[:, 0].float().cpu().numpy()
@@ -153,8 +166,11 @@ def build_electronic(ctx: PredictorContext) -> PredictFn:
 
     if "model" not in ctx.inputs:
         raise ValueError("evaluating model 'electronic' needs the input 'model' (stage1/model.pt)")
+    from dko.data.format import input_decoding
+
+    decoding = input_decoding(ctx.meta)  # before loading: a bad meta.json fails without the model read
     model, _ = load_depthnet(ctx.inputs["model"], ctx.device)
-    return model_predictor(model, ctx.device)
+    return model_predictor(model, ctx.device, decoding=decoding)
 
 
 def build_mean(ctx: PredictorContext) -> PredictFn:
@@ -198,7 +214,8 @@ def evaluate_predictor_model(cfg: Config, model: str, build: PredictorBuilder, d
     lo, hi = _depth_range(meta)
     t = time.perf_counter()
     result = evaluate_predictor(predict, data, meta["protocol"], lo, hi, median_scaling=cfg.eval.median_scaling)
-    result.update(model=model, split=split, dataset_source=meta.get("source"), eval_s=time.perf_counter() - t)
+    result.update(model=model, split=split, dataset_source=meta.get("source"),
+                  ground_truth=meta.get("ground_truth", {}).get(split), eval_s=time.perf_counter() - t)
     if callable(getattr(predict, "extra_metrics", None)):  # e.g. conv1 fidelity / agreement with the teacher
         result["extra_metrics"] = predict.extra_metrics()
     write_json(out_dir / "metrics.json", result)

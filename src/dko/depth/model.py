@@ -33,12 +33,17 @@ MONODEPTH2_DEPTH_RANGE_M = (0.1, 100.0)
 """Monodepth2's disparity-to-depth range (its ``--min_depth`` / ``--max_depth`` defaults): what its weights output."""
 
 
-def network_depth_range(net, dataset_range_m: tuple[float, float]) -> tuple[float, float]:
+REAL_SOURCES = ("kitti", "nyu")
+
+
+def network_depth_range(net, dataset_range_m: tuple[float, float], source: str = "synthetic") -> tuple[float, float]:
     """(min, max) metres of a new network's output: ``network.depth_range_m``, else Monodepth2's range when it starts
-    from Monodepth2 weights (``network.pretrained_dir``), else the dataset's range (``dataset_range_m``, meta.json)."""
+    from Monodepth2 weights (``network.pretrained_dir``) or learns real data (``source`` kitti / nyu, whose evaluation
+    range starts at 1 mm: a disparity range of 1000 1/m would waste the sigmoid), else the dataset's range
+    (``dataset_range_m``, meta.json)."""
     if net.depth_range_m is not None:
         return float(net.depth_range_m[0]), float(net.depth_range_m[1])
-    if net.pretrained_dir is not None:
+    if net.pretrained_dir is not None or source in REAL_SOURCES:
         return MONODEPTH2_DEPTH_RANGE_M
     return float(dataset_range_m[0]), float(dataset_range_m[1])
 
@@ -75,9 +80,9 @@ class DepthNet(nn.Module):
                          decoder_channels=[int(c) for c in decoder_channels], scales=[int(s) for s in scales])
 
     @classmethod
-    def from_config(cls, net, dataset_range_m: tuple[float, float]) -> "DepthNet":
+    def from_config(cls, net, dataset_range_m: tuple[float, float], source: str = "synthetic") -> "DepthNet":
         """Build from a :class:`dko.config.NetworkConfig`; depth range: :func:`network_depth_range`."""
-        lo, hi = network_depth_range(net, dataset_range_m)
+        lo, hi = network_depth_range(net, dataset_range_m, source)
         return cls(blocks_per_stage=net.blocks_per_stage, base_width=net.base_width, conv1_kernel=net.conv1_kernel,
                    norm_mean=net.norm_mean, norm_std=net.norm_std, min_depth_m=lo, max_depth_m=hi,
                    decoder_channels=net.decoder_channels)

@@ -82,7 +82,7 @@ class _Stage1Task(TrainingTask):
         self.lr_keys = f"train.lr ({tc.lr:g})"
         self.si_lambda, self.smoothness = tc.si_lambda, tc.conv1_smoothness
         torch.manual_seed(cfg.seed)
-        self.model = DepthNet.from_config(net, data.depth_range)
+        self.model = DepthNet.from_config(net, data.depth_range, data.meta.get("source", "synthetic"))
         if net.pretrained_dir is not None:
             load_monodepth2(self.model, net.pretrained_dir)
         self.model.to(device).train()

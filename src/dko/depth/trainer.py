@@ -1,10 +1,11 @@
 """The one resumable training loop of the depth networks: stage 1 and both E2E variants.
 
 :class:`Trainer` owns what every depth training does (as Monodepth2's ``Trainer`` is one place): the data order
-(:class:`BatchOrder`), augmentation (:func:`augment`) and validity mask of a batch, the budget (a number of steps,
-or seconds on a CPU / wall basis with the validation time not charged: :class:`BudgetPlan`, recorded by
-:class:`dko.budget.BudgetRecorder`), the FLOP probe (counted on copies before the clock starts, never charged),
-periodic validation through :class:`dko.depth.collapse.CollapseMonitor` (raises
+(:class:`BatchOrder`), the images' decoding (linear light from sRGB codes, or code / 255:
+:func:`dko.data.format.input_decoding`), augmentation (:func:`augment`) and validity mask of a batch, the budget
+(a number of steps, or seconds on a CPU / wall basis with the validation time not charged: :class:`BudgetPlan`,
+recorded by :class:`dko.budget.BudgetRecorder`), the FLOP probe (counted on copies before the clock starts, never
+charged), periodic validation through :class:`dko.depth.collapse.CollapseMonitor` (raises
 :class:`dko.depth.collapse.TrainingCollapse`), the divergence check (a logging window's mean loss above
 ``divergence_factor`` times the first window's), the training curves (``curves.csv``), atomic checkpoints every
 ``checkpoint_every`` steps and after the last one (:data:`CHECKPOINT_FILE`, resumed from when its run key matches:
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from dko.budget import BudgetRecorder
-from dko.data.format import Split, batch_to_tensors, load_split, read_meta
+from dko.data.format import Split, batch_to_tensors, input_decoding, load_split, read_meta
 from dko.depth.collapse import CollapseMonitor
 from dko.depth.evaluate import evaluate_predictor, model_predictor
 from dko.io import atomic_path, read_checkpoint, write_csv
@@ -127,10 +128,12 @@ class BatchOrder:
 def validate(model, split: Split, meta: Mapping, device: Any, batch_size: int = 16,
              predict_wrapper: Callable | None = None) -> dict[str, float]:
     """Eigen metrics of a DepthNet ``model`` on a split (no median scaling); restores the model's training mode.
-    ``predict_wrapper`` (e.g. :meth:`dko.depth.collapse.CollapseMonitor.wrap`) wraps the model's predictor."""
+    ``predict_wrapper`` (e.g. :meth:`dko.depth.collapse.CollapseMonitor.wrap`) wraps the model's predictor.
+    The images are decoded as the dataset's ``meta`` says (:func:`dko.data.format.input_decoding`)."""
+    decoding = input_decoding(meta)
     was_training = model.training
     try:
-        predict = model_predictor(model, device)
+        predict = model_predictor(model, device, decoding=decoding)
         if predict_wrapper is not None:
             predict = predict_wrapper(predict)
         res = evaluate_predictor(predict, split, meta["protocol"], float(meta["min_depth_m"]),
@@ -152,7 +155,14 @@ class TrainingData:
     @classmethod
     def load(cls, data_dir: str | Path) -> "TrainingData":
         data_dir = Path(data_dir)
-        return cls(read_meta(data_dir), load_split(data_dir, "train", mmap=False), load_split(data_dir, "val"))
+        meta = read_meta(data_dir)
+        input_decoding(meta)  # a bad image_encoding fails here, before the training split is read
+        return cls(meta, load_split(data_dir, "train", mmap=False), load_split(data_dir, "val"))
+
+    @property
+    def decoding(self) -> str:
+        """How the stored images become the network's input (:func:`dko.data.format.input_decoding`)."""
+        return input_decoding(self.meta)
 
     @property
     def depth_range(self) -> tuple[float, float]:
@@ -165,9 +175,14 @@ class TrainingData:
         return int(self.meta["height"]), int(self.meta["width"])
 
     def dataset_info(self) -> dict:
-        """The ``meta.json`` entries a model file records (source, protocol, size, depth range)."""
-        return {k: self.meta[k] for k in ("source", "protocol", "height", "width", "min_depth_m", "max_depth_m")
+        """The ``meta.json`` entries a model file records (source, protocol, size, depth range), the image
+        encoding and linear-light setting (defaults ``"linear"`` / true when ``meta.json`` predates them) and the
+        ``input_decoding`` the network was trained with (``"none"`` or ``"srgb"``)."""
+        info = {k: self.meta[k] for k in ("source", "protocol", "height", "width", "min_depth_m", "max_depth_m")
                 if k in self.meta}
+        info.update(image_encoding=self.meta.get("image_encoding", "linear"),
+                    linear_light=self.meta.get("linear_light", True), input_decoding=self.decoding)
+        return info
 
 
 @dataclass(frozen=True)
@@ -440,6 +455,7 @@ class Trainer:
         task, plan = self.task, self.plan
         lo, hi = self.data.depth_range
         train = self.data.train
+        decoding = self.data.decoding
         self.budget.start()
         if self.next_val == 0:  # before training: the initialisation's accuracy (time 0)
             row = {"budget_used": 0.0, **self.times()}
@@ -458,7 +474,7 @@ class Trainer:
                 break
             with self.budget.step():
                 idx = self.order.next()
-                images, depth = batch_to_tensors(train.images[idx], train.depth[idx])
+                images, depth = batch_to_tensors(train.images[idx], train.depth[idx], decoding)
                 images, depth = augment(images, depth, self.aug_gen, self.flip, self.color_jitter)
                 images, depth = images.to(self.device, non_blocking=True), depth.to(self.device, non_blocking=True)
                 valid = training_mask(depth, lo, hi)

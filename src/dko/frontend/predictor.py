@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dko.data.format import batch_to_tensors
+from dko.data.format import DECODINGS, batch_to_tensors, input_decoding
 from dko.depth.checkpoint import load_depthnet
 from dko.frontend.file import load_frontend
 from dko.frontend.layer import OptoConv1, nearest_distance_index
@@ -108,9 +108,17 @@ class _FeatureStats:
 
 class OptoPredictor:
     """Predictor (uint8 images (B, H, W, 3) [, depth (B, H, W)] -> depth (B, H, W) metres) of a DepthNet
-    with an :class:`OptoFront`; with a teacher it also accumulates :meth:`extra_metrics`."""
+    with an :class:`OptoFront`; with a teacher it also accumulates :meth:`extra_metrics`.
 
-    def __init__(self, model, front: OptoFront, device: Any = "cpu", teacher=None):
+    ``decoding`` (:func:`dko.data.format.input_decoding` of the dataset): how the uint8 codes become the
+    irradiance the optical layer convolves (``"srgb"``: decoded to linear light; ``"none"``: code / 255); the
+    teacher gets the same input.
+    """
+
+    def __init__(self, model, front: OptoFront, device: Any = "cpu", teacher=None, *, decoding: str):
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown image decoding {decoding!r} (expected one of {DECODINGS})")
+        self.decoding = decoding
         self.model = model.to(device).eval()
         self.model.front = front.to(device)
         self.front = front
@@ -121,7 +129,8 @@ class OptoPredictor:
         self._collect = True
 
     def __call__(self, images: np.ndarray, depth_m: np.ndarray | None = None) -> np.ndarray:
-        img, _ = batch_to_tensors(np.array(images), np.zeros(np.asarray(images).shape[:3], np.float32))
+        images = np.array(images)
+        img, _ = batch_to_tensors(images, np.zeros(images.shape[:3], np.float32), self.decoding)
         img = img.to(self.device)
         if self.front.layered:
             if depth_m is None:
@@ -161,6 +170,7 @@ def build_opto_predictor(ctx, *, noise: bool, layered: bool) -> OptoPredictor:
     for key in ("model", "frontend"):
         if key not in ctx.inputs:
             raise ValueError(f"an opto-electronic model needs the input '{key}' (got {sorted(ctx.inputs)})")
+    decoding = input_decoding(ctx.meta)  # the optics sees linear irradiance: decode sRGB codes first
     model, _ = load_depthnet(ctx.inputs["model"], ctx.device)
     fe = load_frontend(ctx.inputs["frontend"])
     conv, bank = model.conv1, fe.bank
@@ -177,4 +187,4 @@ def build_opto_predictor(ctx, *, noise: bool, layered: bool) -> OptoPredictor:
     teacher = None
     if "teacher" in ctx.inputs:
         teacher, _ = load_depthnet(ctx.inputs["teacher"], ctx.device)
-    return OptoPredictor(model, front, ctx.device, teacher)
+    return OptoPredictor(model, front, ctx.device, teacher, decoding=decoding)
