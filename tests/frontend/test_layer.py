@@ -145,3 +145,53 @@ def test_fused_forward_equals_per_element_forward_with_gradients(conv):
     assert outs[0].shape == outs[1].shape
     assert float((outs[0] - outs[1]).norm() / outs[0].norm()) < 1e-12
     assert float((grads[0] - grads[1]).norm() / grads[0].norm()) < 1e-12
+
+
+def test_a_field_grid_of_equal_psfs_is_exactly_the_shift_invariant_layer(conv):
+    """Spatially varying image formation with the same PSF at every field node = today's conv1 (the hat weights
+    are a partition of unity and the layer is linear), for the per-element, fused, layered and noisy paths."""
+    from dko.frontend.layer import field_weights
+
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
+    x = torch.rand(2, 3, 21, 34, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    psfs = torch.rand(2, bank.n_elements, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    plain = OptoConv1(bank, psfs, [None, 2.0])
+    for grid in ((1, 1), (2, 3), (3, 3)):
+        varying = OptoConv1(bank, psfs[:, None, None].expand(2, *grid, *psfs.shape[1:]).clone(), [None, 2.0])
+        assert varying.spatially_varying == (grid != (1, 1))
+        torch.testing.assert_close(varying(x), plain(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(varying(x, fused=True), plain(x), rtol=1e-12, atol=1e-12)
+        depth = torch.where(torch.rand(2, 21, 34, dtype=torch.float64) < 0.5, 1.5, 50.0).to(torch.float64)
+        torch.testing.assert_close(varying(x, depth), plain(x, depth), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(varying.psfs, plain.psfs)
+    weights = field_weights((3, 4), (21, 34), (3, 5, 3, 4))
+    assert weights.shape == (3, 4, 21 + 3 + 4, 34 + 3 + 5)
+    torch.testing.assert_close(weights.sum(dim=(0, 1)), torch.ones(28, 42, dtype=torch.float64))
+    assert float(weights[0, 0, 3, 3]) == 1.0 and float(weights[2, 3, 3 + 20, 3 + 33]) == 1.0   # corner pixels
+
+
+def test_each_source_point_is_imaged_with_the_psf_interpolated_at_its_position():
+    """A point source on a field node gets that node's PSF; between nodes the bilinear blend of its neighbours."""
+    torch.manual_seed(5)
+    layer1 = torch.nn.Conv2d(1, 1, 3, stride=1, padding=1, bias=False).double()
+    bank = build_kernel_bank(layer1.weight, 0.0, 1.0, WLS[:1], stride=1, padding=1)
+    e = bank.n_elements
+    grid = torch.zeros(1, 2, 3, e, 5, 5, dtype=torch.float64)
+    for i in range(2):
+        for j in range(3):
+            grid[0, i, j, :, 2, 2] = 1.0 + i + 10 * j          # distinct weights per node, a delta "PSF" each
+            grid[0, i, j, :, 1, 2] = 0.5 * (i + 1)             # and a tail one row up that varies with the row
+    layer = OptoConv1(bank, grid)
+    h, w = 11, 21                                               # nodes at rows 0, 10 and columns 0, 10, 20
+    for (r, c) in ((0, 0), (10, 20), (0, 10), (5, 10), (10, 5), (5, 15)):
+        point = torch.zeros(1, 1, h, w, dtype=torch.float64)
+        point[0, 0, r, c] = 1.0
+        s = layer.sensor_images(point)[0]                       # (E, h, w) with stride 1, padding 1 -> same size
+        ay, ax = r / 10, c / 10
+        blend = sum(max(0.0, 1 - abs(ay - i)) * max(0.0, 1 - abs(ax - j)) * grid[0, i, j]
+                    for i in range(2) for j in range(3))
+        # a true convolution: the PSF's centre lands on the source pixel, its row-1 tail one row above
+        assert torch.allclose(s[:, r, c], blend[:, 2, 2])
+        if r >= 1:                                              # (row 0's tail leaves the image)
+            assert torch.allclose(s[:, r - 1, c], blend[:, 1, 2])
+            assert torch.allclose(s.sum(dim=(-2, -1)), blend.sum(dim=(-2, -1)))

@@ -19,6 +19,18 @@ occlusion (light from a far layer blocked by a near object still reaches the sen
 near objects do not spread over the far ones correctly at depth edges), no partial visibility of
 the aperture, and depth is quantised to the configured distances. The padded border takes the
 depth of the nearest image pixel.
+
+Spatially varying image formation (``psfs`` of shape (D, Fy, Fx, E, w, w))
+-------------------------------------------------------------------------
+A thin element has one PSF only within its isoplanatic patch. With PSFs on a regular ``Fy x Fx`` grid of field
+positions (node ``(i, j)`` at input row ``i (H - 1) / (Fy - 1)`` and column ``j (W - 1) / (Fx - 1)``: the corners
+of the grid are the image's corner pixels; one node = the whole image), every source pixel is imaged with the
+PSF interpolated bilinearly between the nodes around it: the raw image is split into ``Fy Fx`` overlapping
+patches ``x * h_ij`` with bilinear hat weights ``h_ij`` (a partition of unity; the padded border takes the weight
+of the nearest image pixel) and ``S_e = sum_ij (x * h_ij) (*) PSF_{ij, e}`` (overlap-add of per-patch
+convolutions, as lens-design tools render PSF maps). With all nodes' PSFs equal this is exactly the
+shift-invariant layer (linearity, ``sum_ij h_ij = 1``). Relative illumination and vignetting are part of each
+node's PSF (its sum). Cost: ``Fy Fx`` convolutions per layer instead of one.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import dko.runtime  # noqa: F401 - CPU convolutions without oneDNN (see dko.runt
 from dko.frontend.bank import KernelBank
 from dko.optics.sensor import SensorModel, apply_sensor_noise
 
-__all__ = ["ideal_psfs", "OptoConv1", "nearest_distance_index"]
+__all__ = ["ideal_psfs", "OptoConv1", "nearest_distance_index", "field_weights"]
 
 
 def ideal_psfs(bank: KernelBank, window: int | None = None) -> torch.Tensor:
@@ -55,13 +67,40 @@ def nearest_distance_index(depth_m: torch.Tensor, object_distances_m: Sequence[f
     return torch.argmin(torch.abs(inv_depth[..., None] - inv), dim=-1)
 
 
+def _hat_weights(n_nodes: int, positions: torch.Tensor) -> torch.Tensor:
+    """(n_nodes, P) bilinear hat weights of ``positions`` (float, in node units 0 .. n_nodes - 1, clamped)."""
+    if n_nodes == 1:
+        return torch.ones(1, positions.numel(), dtype=positions.dtype, device=positions.device)
+    u = positions.clamp(0, n_nodes - 1)
+    nodes = torch.arange(n_nodes, dtype=positions.dtype, device=positions.device)
+    return torch.clamp(1 - torch.abs(u[None, :] - nodes[:, None]), min=0)
+
+
+def field_weights(grid: tuple[int, int], size: tuple[int, int], pads: tuple[int, int, int, int],
+                  dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """Overlap-add weights of a ``grid = (Fy, Fx)`` field grid over an image of ``size = (H, W)`` padded by
+    ``pads = (left, right, top, bottom)``: (Fy, Fx, H + top + bottom, W + left + right), summing to 1 at every
+    pixel; node (i, j) sits at image row ``i (H - 1) / (Fy - 1)``, column ``j (W - 1) / (Fx - 1)``."""
+    fy, fx = grid
+    h, w = size
+    left, right, top, bottom = pads
+    rows = torch.arange(-top, h + bottom, dtype=dtype, device=device)
+    cols = torch.arange(-left, w + right, dtype=dtype, device=device)
+    wy = _hat_weights(fy, rows * (fy - 1) / max(h - 1, 1))
+    wx = _hat_weights(fx, cols * (fx - 1) / max(w - 1, 1))
+    return wy[:, None, :, None] * wx[None, :, None, :]
+
+
 class OptoConv1(nn.Module):
     """Opto-electronic conv1 (see the module docstring).
 
     Args:
         bank: the elements (:func:`dko.frontend.bank.build_kernel_bank`).
         psfs: real (E, w, w) PSFs for one object distance, or (D, E, w, w) for ``object_distances_m``
-            (w odd). Each PSF is in the orientation of the targets (sum = efficiency, not renormalised).
+            (w odd), or (D, Fy, Fx, E, w, w) on a field grid (spatially varying image formation, see the module
+            docstring). Each PSF is in the orientation of the targets (sum = efficiency, not renormalised).
+            ``self.psfs`` is (D, E, w, w): the field grid's centre node (its mean for an even grid size);
+            ``self.field_psfs`` (D, Fy, Fx, E, w, w) the whole grid.
         object_distances_m: D distances of the PSF stack (needed for depth-layered forward).
         sensor: optional :class:`SensorModel`; noise is added when ``noise=True`` in forward.
         trainable_gains: make the electronic gains and bias learnable parameters.
@@ -82,10 +121,12 @@ class OptoConv1(nn.Module):
         super().__init__()
         if psfs.ndim == 3:
             psfs = psfs[None]
-        if psfs.ndim != 4 or psfs.shape[1] != bank.n_elements or psfs.shape[-1] != psfs.shape[-2] \
+        if psfs.ndim == 4:
+            psfs = psfs[:, None, None]
+        if psfs.ndim != 6 or psfs.shape[3] != bank.n_elements or psfs.shape[-1] != psfs.shape[-2] \
                 or psfs.shape[-1] % 2 == 0:
-            raise ValueError(f"psfs must be (E, w, w) or (D, E, w, w) with E={bank.n_elements} and w odd, "
-                             f"got {tuple(psfs.shape)}")
+            raise ValueError(f"psfs must be (E, w, w), (D, E, w, w) or (D, Fy, Fx, E, w, w) with E={bank.n_elements} "
+                             f"and w odd, got {tuple(psfs.shape)}")
         if object_distances_m is None:
             object_distances_m = [None] * psfs.shape[0] if psfs.shape[0] == 1 else None
         if object_distances_m is None or len(object_distances_m) != psfs.shape[0]:
@@ -97,7 +138,11 @@ class OptoConv1(nn.Module):
         self.n_out = bank.n_out
         self.sensor = sensor
         dtype = bank.targets.dtype
-        self.register_buffer("psfs", psfs.to(dtype))
+        self.field_grid = (int(psfs.shape[1]), int(psfs.shape[2]))
+        self.register_buffer("field_psfs", psfs.to(dtype))
+        fy, fx = self.field_grid
+        centre = psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1].mean(dim=(1, 2))
+        self.register_buffer("psfs", centre.to(dtype))
         self.register_buffer("in_channel", bank.in_channel.clone())
         self.register_buffer("out_channel", bank.out_channel.clone())
         self.register_buffer("sign", bank.sign.clone())
@@ -131,14 +176,24 @@ class OptoConv1(nn.Module):
         centred = x - self.pad_value[None, :, None, None]
         return F.pad(centred, pads) + self.pad_value[None, :, None, None]
 
-    def effective_weight(self, distance_index: int = 0) -> torch.Tensor:
-        """Correlation weights (K, C, w, w) of the whole noise-free layer at one object distance.
+    @property
+    def spatially_varying(self) -> bool:
+        return self.field_grid != (1, 1)
+
+    def _field_weights(self, h: int, w: int, device) -> torch.Tensor:
+        """(Fy * Fx, 1, Hp, Wp) overlap-add weights of the padded input (:func:`field_weights`)."""
+        weights = field_weights(self.field_grid, (h, w), self._pads(h, w), self.field_psfs.dtype, device)
+        return weights.reshape(-1, 1, *weights.shape[-2:])
+
+    def effective_weight(self, distance_index: int = 0, field_index: tuple[int, int] | None = None) -> torch.Tensor:
+        """Correlation weights (K, C, w, w) of the whole noise-free layer at one object distance (and one field
+        node ``field_index``; default the centre PSFs ``self.psfs``).
 
         ``W[k, c] = sum_{e: k(e) = k, c(e) = c} sign_e g_e rot180(PSF_e)``: without noise the layer is linear,
         so ``forward(x) = conv2d(padded x, W, stride) + b'`` (:meth:`forward` with ``fused=True``), one dense
         convolution instead of E single-channel ones. Differentiable in ``psfs`` and ``gains``.
         """
-        psf = self.psfs[distance_index]
+        psf = self.psfs[distance_index] if field_index is None else self.field_psfs[(distance_index, *field_index)]
         win = psf.shape[-1]
         n_in = self.pad_value.numel()
         parts = torch.flip(psf, dims=(-2, -1)) * (self.sign * self.gains)[:, None, None]
@@ -157,9 +212,18 @@ class OptoConv1(nn.Module):
         xe = xp.index_select(1, self.in_channel)  # (B, E, Hp, Wp)
         n_el = xe.shape[1]
         # conv2d correlates: a true convolution with the PSF = correlation with the PSF rotated by 180 deg
-        kernels = torch.flip(self.psfs, dims=(-2, -1))[:, :, None]  # (D, E, 1, w, w)
+        fy, fx = self.field_grid
+        kernels = torch.flip(self.field_psfs, dims=(-2, -1)).reshape(-1, fy * fx, n_el, 1, *self.psfs.shape[-2:])
+        patches = self._field_weights(h, w, xe.device).to(xe.dtype) if self.spatially_varying else None
+
+        def image(x_in: torch.Tensor, d: int) -> torch.Tensor:  # (D = d) sum over field nodes of per-patch convs
+            if patches is None:
+                return F.conv2d(x_in, kernels[d, 0], stride=self.stride, groups=n_el)
+            return sum(F.conv2d(x_in * patches[f], kernels[d, f], stride=self.stride, groups=n_el)
+                       for f in range(fy * fx))
+
         if depth_m is None or kernels.shape[0] == 1:
-            return F.conv2d(xe, kernels[0], stride=self.stride, groups=n_el)
+            return image(xe, 0)
         if depth_m.shape != (b, h, w):
             raise ValueError(f"depth_m must be (B, H, W) = {(b, h, w)}, got {tuple(depth_m.shape)}")
         dp = F.pad(depth_m[:, None].to(torch.float64), pads, mode="replicate")[:, 0] if min(pads) >= 0 else None
@@ -171,7 +235,7 @@ class OptoConv1(nn.Module):
             mask = (index == d).to(xe.dtype)[:, None]
             if not bool(mask.any()):
                 continue
-            out = out + F.conv2d(xe * mask, kernels[d], stride=self.stride, groups=n_el)
+            out = out + image(xe * mask, d)
         if isinstance(out, int):  # pragma: no cover - every pixel belongs to some layer
             raise RuntimeError("no depth layer selected")
         return out
@@ -191,7 +255,14 @@ class OptoConv1(nn.Module):
             # same result as the per-element path up to float rounding (the layer is linear without noise)
             if x.ndim != 4 or x.shape[1] != self.pad_value.numel():
                 raise ValueError(f"x must be (B, {self.pad_value.numel()}, H, W), got {tuple(x.shape)}")
-            y = F.conv2d(self._pad_raw(x), self.effective_weight(0), stride=self.stride)
+            xp = self._pad_raw(x)
+            if not self.spatially_varying:
+                y = F.conv2d(xp, self.effective_weight(0), stride=self.stride)
+            else:
+                fy, fx = self.field_grid
+                patches = self._field_weights(x.shape[-2], x.shape[-1], xp.device).to(xp.dtype)
+                y = sum(F.conv2d(xp * patches[i * fx + j], self.effective_weight(0, (i, j)), stride=self.stride)
+                        for i in range(fy) for j in range(fx))
             return y + self.bias[None, :, None, None]
         s = self.sensor_images(x, depth_m)
         if noise:
