@@ -259,7 +259,7 @@ def test_every_job_read_what_it_declares(smoke_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config(cfg_path)
     logs = sorted((tmp_path / "results" / "smoke" / "logs").glob("*.log"))
-    assert len(logs) == 21, [p.name for p in logs]  # every job but `all`
+    assert len(logs) == 22, [p.name for p in logs]  # every job but `all`
     for log_path in logs:
         rule, wildcards = _rule_and_wildcards(log_path.stem)
         declared = job_config_keys(rule, wildcards, cfg)
@@ -276,6 +276,7 @@ RERUN_CASES = [
     ("train.log_every", 4), ("eval.n_figure_images", 1), ("optics.superpixel_m", 1.5e-6),
     ("optics.wavelengths_m", [6.3e-7, 5.5e-7, 4.6e-7]), ("metaatoms.pillar_height_m", 6.5e-7),
     ("sensor.read_noise_e", 4.0), ("dko.gds_radius_step_m", 2e-9), ("dko.lr", 0.4), ("dko.fidelity_distances_m", [2.0]),
+    ("faithful.spectral_samples", 2),
     ("e2e.lr_optics", 0.2), ("e2e.lr_optics_scratch", 0.9), ("e2e.variants", ["optics"]),
     ("e2e.budget_scale", 2.0),  # read only with e2e.budget time (dko.catalogue.CONDITIONAL_READS); smoke: steps
     ("threads", 1), ("device", "cpu"), ("tracking.enabled", False), ("data.workers", 2),

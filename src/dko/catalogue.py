@@ -211,6 +211,8 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "assemble_frontend": (*_DKO_DESIGN, "dko.element_pitch_m", "dko.fidelity_distances_m", "dko.gain_calibration",
                           "dko.window_factor", "metaatoms.period_m", *_OPTICS_GEOMETRY),
     "metasurface_gds": ("metaatoms.period_m", "dko.gds_radius_step_m"),
+    "faithful_fidelity": (*section("faithful"), *_OPTICS_GEOMETRY, "data.height", "data.width", "dko.window_factor",
+                          "dko.element_pitch_m", "metaatoms.substrate_index"),
     "train_e2e[optics]": (*_E2E_COMMON, "e2e.lr_optics"),
     "train_e2e[scratch]": (*_E2E_COMMON, "e2e.lr_optics_scratch", "network", "train.weight_decay"),
     "compare": ("e2e.variants", "seed"),

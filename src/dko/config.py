@@ -310,6 +310,21 @@ class DKOConfig:
 
 
 @dataclass(frozen=True)
+class FaithfulConfig:
+    samples_per_superpixel: int | None
+    route: str
+    pad_factor: float | None
+    window_px: int | None
+    passband_fwhm_m: tuple[float, ...]
+    passband_shape: str
+    spectral_samples: int | None
+    field_positions: tuple[tuple[float, float], ...]
+    fresnel: bool
+    exact_pixels: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class E2EConfig:
     variants: tuple[str, ...]
     budget: str
@@ -358,6 +373,7 @@ class Config:
     metaatoms: MetaAtomConfig
     sensor: SensorConfig
     dko: DKOConfig
+    faithful: FaithfulConfig
     e2e: E2EConfig
     tracking: TrackingConfig
     sweep: SweepConfig
@@ -775,7 +791,7 @@ def _build(cls, values: Mapping):
         if dataclasses.is_dataclass(hint):
             value = _build(hint, value)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            value = tuple(value)
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)  # nested: field_positions
         elif hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[f.name] = value
