@@ -316,3 +316,24 @@ def test_sharded_stage_costs_are_per_job(tmp_path):
     assert cost["flops_per_step"] == pytest.approx(20) and cost["steps"] == 12
     assert cost["peak_mem_mb"] == 500.0 and cost["mem_kind"] == "gpu" and cost["wall_s"] == 9.0
     assert stage_cost({"wall_s": 1.0, "budget_mode": "steps", "budget_basis": "cpu"})["budget_basis"] == "steps"
+
+
+def test_the_summary_names_the_protocol_resolution_and_scaling():
+    """Every row carries its metrics file's protocol, resolution and median scaling; summary.md says them."""
+    from dko.compare import protocol_sentence
+
+    frame = pd.DataFrame([{"protocol": "eigen", "resolution": "native", "median_scaling": True},
+                          {"protocol": "eigen", "resolution": "native", "median_scaling": True}])
+    sentence = protocol_sentence(frame)
+    assert "KITTI Eigen test split (`eigen`)" in sentence and "Velodyne" in sentence
+    assert "native ground-truth resolution" in sentence and "median-scaled" in sentence
+    mixed = pd.DataFrame([{"protocol": "synthetic", "resolution": "dataset", "median_scaling": False},
+                          {"protocol": "eigen_benchmark", "resolution": "native", "median_scaling": False}])
+    text = protocol_sentence(mixed)
+    assert "`eigen_benchmark`" in text and "`synthetic`" in text and "dataset's resolution" in text
+
+
+def test_summary_rows_carry_the_protocol(experiment):
+    summary, _ = summarize(experiment, list(ABS_REL), seed=0)
+    assert set(summary["protocol"]) == {"synthetic"} and set(summary["resolution"]) == {"dataset"}
+    assert not summary["median_scaling"].any()
