@@ -62,7 +62,7 @@ from dko.frontend.file import FrontEnd, load_frontend
 from dko.io import write_csv, write_json
 from dko.optics.faithful import (FaithfulNumerics, _area_masks, auto_samples_per_superpixel, band_psf,
                                  library_transmission_fn)
-from dko.optics.gds import TOP_CELL
+from dko.optics.gds import TOP_CELL, read_array_cells
 from dko.optics.propagation import padded_size
 from dko.optics.psf import OpticalSystem, is_infinite_distance, psf_from_radii
 
@@ -104,28 +104,9 @@ def read_gds_radii(gds_path: str | Path, element_centers_m: np.ndarray, n_superp
         ValueError: missing / unreadable file, no top cell, an element that matches no front-end element (or two),
         a front-end element missing from the file, a superpixel placed twice or off the grid.
     """
-    import gdstk
-
     path = Path(gds_path)
-    if not path.is_file():
-        raise ValueError(f"GDSII file '{path}' does not exist (run rule metasurface_gds)")
-    try:
-        lib = gdstk.read_gds(str(path))
-    except Exception as exc:  # gdstk raises RuntimeError / OSError on malformed files
-        raise ValueError(f"GDSII file '{path}' cannot be read: {exc}") from exc
-    cells = {cell.name: cell for cell in lib.cells}
-    if TOP_CELL not in cells:
-        raise ValueError(f"GDSII file '{path}' has no {TOP_CELL} cell")
-    to_m = lib.unit
-    radius_of: dict[str, float] = {}
-    for name, cell in cells.items():
-        if name.startswith("PILLAR_R"):
-            points = np.concatenate([poly.points for poly in cell.polygons])
-            measured_m = np.hypot(points[:, 0], points[:, 1]).max() * to_m
-            named_m = int(name.removeprefix("PILLAR_R")) * 1e-9
-            if abs(measured_m - named_m) > 1.5e-9:
-                raise ValueError(f"GDSII file '{path}': cell {name} has a pillar of radius {measured_m * 1e9:.1f} nm")
-            radius_of[name] = named_m
+    cells, radius_nm, to_m = read_array_cells(path, " (run rule metasurface_gds)")
+    radius_of = {name: r * 1e-9 for name, r in radius_nm.items()}
     centres = np.asarray(element_centers_m, dtype=np.float64)
     if centres.ndim != 2 or centres.shape[1] != 2:
         raise ValueError(f"element_centers_m must have shape (E, 2), got {centres.shape}")

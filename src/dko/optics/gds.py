@@ -123,6 +123,40 @@ def _aperture_polygon(mask: np.ndarray, superpixel_m: float, um: float, layer: i
     return merged[0]
 
 
+def read_array_cells(path: str | Path, hint: str = "") -> tuple[dict, dict[str, float], float]:
+    """Open a file written by :func:`write_array_gds`: ``(cells by name, pillar radius in nm per pillar cell name,
+    metres per database unit)``. Each pillar cell's radius is the nanometres of its name, checked against its
+    polygon's geometry (vertices on the circle, snapped to the 1 nm grid) to 1.5 nm.
+
+    Raises:
+        ValueError: if the file is missing (``hint`` is appended to the message), not GDSII, lacks the
+        ``DKO_ARRAY`` top cell, or a pillar's geometry disagrees with its cell's name.
+    """
+    import gdstk
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"GDSII file '{path}' does not exist{hint}")
+    try:
+        lib = gdstk.read_gds(str(path))
+    except Exception as exc:  # gdstk raises RuntimeError / OSError on malformed files
+        raise ValueError(f"GDSII file '{path}' cannot be read: {exc}") from exc
+    cells = {cell.name: cell for cell in lib.cells}
+    if TOP_CELL not in cells:
+        raise ValueError(f"GDSII file '{path}' has no {TOP_CELL} cell")
+    to_m = lib.unit
+    radius_nm: dict[str, float] = {}
+    for name, cell in cells.items():
+        if name.startswith("PILLAR_R"):
+            points = np.concatenate([poly.points for poly in cell.polygons])
+            measured_nm = np.hypot(points[:, 0], points[:, 1]).max() * to_m * 1e9
+            named_nm = int(name.removeprefix("PILLAR_R"))
+            if abs(measured_nm - named_nm) > 1.5:
+                raise ValueError(f"GDSII file '{path}': cell {name} has a pillar of radius {measured_nm:.1f} nm")
+            radius_nm[name] = float(named_nm)
+    return cells, radius_nm, to_m
+
+
 def read_array_summary(path: str | Path) -> dict:
     """Read a file written by :func:`write_array_gds` back and summarise it from its geometry.
 
@@ -133,30 +167,8 @@ def read_array_summary(path: str | Path) -> dict:
     Raises:
         ValueError: if the file is missing, not GDSII, or lacks the ``DKO_ARRAY`` top cell.
     """
-    import gdstk
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"GDSII file '{path}' does not exist")
-    try:
-        lib = gdstk.read_gds(str(path))
-    except Exception as exc:  # gdstk raises RuntimeError / OSError on malformed files
-        raise ValueError(f"GDSII file '{path}' cannot be read: {exc}") from exc
-    cells = {cell.name: cell for cell in lib.cells}
-    if TOP_CELL not in cells:
-        raise ValueError(f"GDSII file '{path}' has no {TOP_CELL} cell")
-    to_m = lib.unit
-    radius_of: dict[str, int] = {}
-    for name, cell in cells.items():
-        if name.startswith("PILLAR_R"):
-            # the polygon's vertices lie on the circle (centred on the cell origin), snapped to the
-            # 1 nm database grid: the geometry must agree with the radius in the cell's name
-            points = np.concatenate([poly.points for poly in cell.polygons])
-            measured_nm = np.hypot(points[:, 0], points[:, 1]).max() * to_m * 1e9
-            named_nm = int(name.removeprefix("PILLAR_R"))
-            if abs(measured_nm - named_nm) > 1.5:
-                raise ValueError(f"GDSII file '{path}': cell {name} has a pillar of radius {measured_nm:.1f} nm")
-            radius_of[name] = named_nm
+    cells, radius_nm, to_m = read_array_cells(path)
+    radius_of = {name: int(round(r)) for name, r in radius_nm.items()}
     elements = {}
     total = Counter()
     for ref in cells[TOP_CELL].references:
