@@ -108,21 +108,23 @@ def section_a11(results: dict, out: dict) -> None:
               f"d|t| {abs(abs(t11) - abs(t9)):.3f}")
 
 
-def section_b(results: dict, out: dict) -> None:
+def _meent_at_blue(order: int, factorisation: str) -> tuple[np.ndarray, float]:
+    """meent's p-polarised t of RADII_NM at 460 nm, normal incidence, and its seconds per solve."""
     radii = np.array(RADII_NM) * 1e-9
     t0 = time.perf_counter()
-    m = solve_transmission_meent(radii, [BLUE], [0.0], order=7 + SHIFT, polarisations=("p",), grid_points=GRID,
-                                 factorisation="laurent", **PHYS)[:, 0, 0, 0]
-    sec = (time.perf_counter() - t0) / len(radii)
+    t = solve_transmission_meent(radii, [BLUE], [0.0], order=order + SHIFT, polarisations=("p",), grid_points=GRID,
+                                 factorisation=factorisation, **PHYS)[:, 0, 0, 0]
+    return t, (time.perf_counter() - t0) / len(radii)
+
+
+def section_b(results: dict, out: dict) -> None:
+    m, sec = _meent_at_blue(7, "laurent")
     st = difference_stats(results["laurent", BLUE, 7], m)
     out["meent_laurent_vs_torcwa_o7"] = dict(st, seconds_per_solve=sec)
     print(f"\nB. meent (Laurent) vs torcwa (Laurent, table) at order 7, 460 nm, 6 radii: dphase median "
           f"{st['median_dphase_rad']:.2e} "
           f"max {st['max_dphase_rad']:.2e} rad; d|t| max {st['max_damp']:.2e} ({sec:.1f} s per meent solve)")
-    t0 = time.perf_counter()
-    li = solve_transmission_meent(radii, [BLUE], [0.0], order=9 + SHIFT, polarisations=("p",), grid_points=GRID,
-                                  factorisation="li", **PHYS)[:, 0, 0, 0]
-    sec = (time.perf_counter() - t0) / len(radii)
+    li, sec = _meent_at_blue(9, "li")
     st = difference_stats(results["normal_vector", BLUE, 9], li)
     out["meent_li_vs_nv_o9"] = dict(st, seconds_per_solve=sec)
     print(f"  meent (Li) vs torcwa NV at order 9, 460 nm: dphase median {st['median_dphase_rad']:.3f} max "
