@@ -54,6 +54,7 @@ include: "workflow/rules/stage1.smk"
 include: "workflow/rules/optics.smk"
 include: "workflow/rules/dko.smk"
 include: "workflow/rules/e2e.smk"
+include: "workflow/rules/faithful.smk"
 include: "workflow/rules/compare.smk"
 
 

@@ -57,9 +57,9 @@ def test_a_config_evaluates_the_models_of_its_variants():
     full = evaluated_models(config_from_dict({}, check_paths=False))
     assert full == list(MODELS)
     scratch = evaluated_models(config_from_dict({"e2e": {"variants": ["scratch"]}}, check_paths=False))
-    assert [m for m in scratch if m.startswith("e2e")] == ["e2e_scratch", "e2e_scratch_noisy"]
+    assert [m for m in scratch if m.startswith("e2e")] == ["e2e_scratch", "e2e_scratch_noisy", "e2e_scratch_cheap"]
     none = evaluated_models(config_from_dict({"e2e": {"variants": []}}, check_paths=False))
-    assert none == ["electronic", "mean", "rowmean", "dko", "dko_noisy", "dko_layered"]
+    assert none == ["electronic", "mean", "rowmean", "dko", "dko_noisy", "dko_layered", "dko_cheap"]
     assert model_stages(["dko", "e2e_scratch", "electronic"]) == ["stage1", "dko", "e2e/scratch"]
     assert set(E2E_VARIANTS) == {"optics", "scratch"}
 

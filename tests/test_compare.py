@@ -38,7 +38,7 @@ def _examples(path, offset, n=2, h=8, w=12):
 
 
 ABS_REL = {"electronic": 0.10, "mean": 0.50, "dko": 0.12, "dko_noisy": 0.15, "e2e_optics": 0.24, "e2e_scratch": 0.30,
-           "e2e_optics_noisy": 0.33}
+           "e2e_optics_noisy": 0.33, "dko_cheap": 0.11, "e2e_optics_cheap": 0.165}
 
 
 @pytest.fixture
@@ -118,6 +118,12 @@ def test_headline_ratios_by_hand(experiment):
     assert ratios["e2e_optics_over_dko_abs_rel"] == pytest.approx(2.0)
     assert ratios["e2e_scratch_over_dko_abs_rel"] == pytest.approx(2.5)
     assert ratios["e2e_optics_noisy_over_dko_abs_rel"] == pytest.approx(0.33 / 0.15)
+    # the cheap optical model's pair stands beside, never mixed with the faithful one
+    assert ratios["e2e_optics_cheap_over_dko_cheap_abs_rel"] == pytest.approx(1.5)
+    assert not any("cheap" in name for name in ratios if name != "e2e_optics_cheap_over_dko_cheap_abs_rel")
+    rows = summary.set_index("model")["optical_model"]
+    assert (rows["dko"], rows["dko_cheap"], rows["e2e_optics_noisy"], rows["electronic"]) == \
+        ("faithful", "cheap", "faithful", "")
     assert ratios["e2e_optics_over_dko_step_wall_s"] == pytest.approx((120 / 40) / (20 / 100))
     assert ratios["e2e_optics_over_dko_peak_mem_mb"] == pytest.approx(700 / 300)
     assert ratios["e2e_optics_over_dko_flops_per_step"] == pytest.approx(5e9 / 2e6)

@@ -53,10 +53,12 @@ def test_paper_dag_builds(tmp_path, repo_root, venv_bin):
     cfg = yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())
     assert counts["optimize_metasurface"] == 64 // cfg["dko"]["shard_size"] == 16
     assert counts["train_e2e"] == len(cfg["e2e"]["variants"]) == 2
-    assert counts["evaluate"] == 10  # electronic, mean, rowmean, dko x 3, e2e x 2 x (clean, noisy)
+    # electronic, mean, rowmean, dko x 4 (faithful clean / noisy, layered, cheap), e2e x 2 x (clean, noisy, cheap)
+    assert counts["evaluate"] == 13
     for rule in ("prepare_dataset", "metaatom_library", "train_electronic", "extract_kernels", "assemble_frontend",
-                 "metasurface_gds", "compare"):
+                 "faithful_fidelity", "compare"):
         assert counts[rule] == 1, rule
+    assert counts["metasurface_gds"] == counts["faithful_frontend"] == 3  # DKO's design and each E2E variant's
 
 
 def test_paper_dag_without_data_root_is_rejected(tmp_path, repo_root, venv_bin):

@@ -124,10 +124,21 @@ def test_smoke_stage2_outputs(smoke_run):
         rows = list(csv.DictReader(fh))
     assert rows and {"rel_l2", "energy_k", "energy_2k", "ncc"} <= set(rows[0])
     assert (dko / "array.gds").stat().st_size > 1000 and (dko / "kernels_fit.png").stat().st_size > 1000
-    for model in ("dko", "dko_noisy", "dko_layered"):
+    for model in ("dko", "dko_noisy", "dko_layered", "dko_cheap"):
         metrics = json.loads((tmp_path / "results" / "smoke" / "evaluate" / model / "metrics.json").read_text())
         assert metrics["model"] == model and metrics["metrics"]["abs_rel"] > 0
         assert {"conv1_feature_rel_l2", "teacher_abs_rel"} <= set(metrics["extra_metrics"])
+    # every design got its GDSII and its faithful front end (smoke: a 2 x 2 field grid)
+    from dko.frontend import load_frontend
+
+    for design in ("dko", "e2e/optics", "e2e/scratch"):
+        folder = tmp_path / "results" / "smoke" / design
+        assert (folder / "array.gds").stat().st_size > 1000 and (folder / "psf_field_map.png").stat().st_size > 5000
+        faithful = load_frontend(folder / "frontend_faithful.npz")
+        assert faithful.field_grid == (2, 2) and faithful.flat_field
+        assert faithful.psfs.shape[3] == load_frontend(folder / "frontend.npz").n_elements
+        summary = json.loads((folder / "frontend_faithful.json").read_text())
+        assert len(summary["nodes"]) == 4 and summary["cheap_vs_faithful"]["median_psf_rel_diff"] > 0
 
 
 def test_smoke_compare_lists_every_evaluated_model(smoke_run):
@@ -339,3 +350,27 @@ def test_snakemake_lint_is_clean(repo_root, venv_bin):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("lint clean") == 2
+
+
+def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
+    """benchmarks/faithful_image_convergence.py on the smoke run's DKO design: the reference setting against itself
+    differs by nothing, a coarser grid and one wavelength by something, and the files are written."""
+    import importlib.util
+    import json
+
+    run_dir, cfg_path, proc = smoke_run
+    assert proc.returncode == 0
+    spec = importlib.util.spec_from_file_location("fic", repo_root / "benchmarks" / "faithful_image_convergence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = bench.main([str(tmp_path / "out"), "--exp", str(run_dir / "results" / "smoke"), "--config",
+                          str(cfg_path), "--elements", "4", "--images", "2", "--settings", "2x2:3", "1x1:1",
+                          "--reference", "2x2:3", "--threads", "1"])
+    rows = {r["setting"]: r for r in summary["rows"]}
+    assert rows["2x2:3"]["max_rel_diff"] == 0.0
+    assert rows["1x1:1"]["median_rel_diff"] > 1e-3 and rows["cheap"]["median_rel_diff"] > 1e-3
+    assert len(summary["elements"]) == 4
+    written = json.loads((tmp_path / "out" / "faithful_image_convergence.json").read_text())
+    assert written["reference"] == "2x2:3" and (tmp_path / "out" / "faithful_image_convergence.csv").is_file()
+    with pytest.raises(ValueError, match="FyxFx:S"):
+        bench.parse_setting("3by5")

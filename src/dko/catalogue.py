@@ -73,6 +73,9 @@ class Model:
         stages: training stages it depends on (keys of :data:`STAGES`), in order.
         reads: config keys its predictor reads (beyond every evaluation's :data:`EVALUATE_KEYS`).
         e2e_variant: the ``e2e.variants`` entry that includes it (None: always included).
+        optical_model: ``faithful`` (image formation in the faithful optical model: the design's
+            ``frontend_faithful.npz``, rule faithful_frontend), ``cheap`` (the model the design was optimised with:
+            its ``frontend.npz``) or empty (no optics).
     """
 
     name: str
@@ -84,6 +87,7 @@ class Model:
     stages: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
     e2e_variant: str | None = None
+    optical_model: str = ""
 
     @property
     def noise(self) -> str:
@@ -105,6 +109,21 @@ def _opto_builder(*, noise: bool, layered: bool) -> Callable[[PredictorContext],
 
 
 _STAGE1_MODEL = "stage1/model.pt"
+
+DESIGNS: tuple[str, ...] = ("dko", *(f"e2e/{v}" for v in E2E_VARIANTS))
+"""The metasurface designs (folders holding a ``frontend.npz``): DKO's and one per E2E variant. Each gets a GDSII
+layout (rule metasurface_gds) and a faithful front end (rule faithful_frontend)."""
+
+OPTICAL_MODELS: tuple[str, ...] = ("faithful", "cheap")
+
+
+def frontend_file(design: str, optical_model: str) -> str:
+    """The front-end file of ``design`` (a :data:`DESIGNS` folder) in ``optical_model``: ``<design>/frontend.npz``
+    (cheap: as optimised) or ``<design>/frontend_faithful.npz`` (faithful: rule faithful_frontend)."""
+    if design not in DESIGNS or optical_model not in OPTICAL_MODELS:
+        raise ValueError(f"unknown design {design!r} or optical model {optical_model!r} (designs: {DESIGNS}; "
+                         f"optical models: {OPTICAL_MODELS})")
+    return f"{design}/frontend.npz" if optical_model == "cheap" else f"{design}/frontend_faithful.npz"
 _OPTO_READS = ("seed",)  # the optics come from frontend.npz; the seed seeds the predictor's noise generator
 _NOISE_READS = ("sensor",)
 
@@ -115,19 +134,24 @@ def _catalogue() -> dict[str, Model]:
         Model("mean", "reference", "mean", False, build_mean),
         Model("rowmean", "reference", "rowmean", False, build_rowmean),
     ]
-    dko_inputs = {"model": _STAGE1_MODEL, "frontend": "dko/frontend.npz", "teacher": _STAGE1_MODEL}
-    for name, variant, noise, layered in (("dko", "", False, False), ("dko_noisy", "", True, False),
-                                          ("dko_layered", "layered", False, True)):
-        models.append(Model(name, "dko", variant, noise, _opto_builder(noise=noise, layered=layered), dko_inputs,
-                            ("stage1", "dko"), _OPTO_READS + (_NOISE_READS if noise else ())))
+    # (name suffix, noise, layered, optical model): the faithful image formation is what results report; the cheap
+    # model's evaluation stands beside it. dko_layered needs PSFs at every depth layer's distance, which the faithful
+    # front end (the design distance only) does not hold: it uses the cheap front end and says so (optical_model).
+    dko_models = (("", False, False, "faithful"), ("_noisy", True, False, "faithful"),
+                  ("_layered", False, True, "cheap"), ("_cheap", False, False, "cheap"))
+    for suffix, noise, layered, optical in dko_models:
+        inputs = {"model": _STAGE1_MODEL, "frontend": frontend_file("dko", optical), "teacher": _STAGE1_MODEL}
+        models.append(Model(f"dko{suffix}", "dko", "layered" if layered else "", noise,
+                            _opto_builder(noise=noise, layered=layered), inputs, ("stage1", "dko"),
+                            _OPTO_READS + (_NOISE_READS if noise else ()), optical_model=optical))
     for variant in E2E_VARIANTS:
-        inputs = {"model": f"e2e/{variant}/model.pt", "frontend": f"e2e/{variant}/frontend.npz",
-                  "teacher": _STAGE1_MODEL}
         stages = (("stage1",) if variant == "optics" else ()) + (f"e2e/{variant}",)
-        for noise in (False, True):
-            name = f"e2e_{variant}" + ("_noisy" if noise else "")
-            models.append(Model(name, "e2e", variant, noise, _opto_builder(noise=noise, layered=False), inputs,
-                                stages, _OPTO_READS + (_NOISE_READS if noise else ()), e2e_variant=variant))
+        for suffix, noise, optical in (("", False, "faithful"), ("_noisy", True, "faithful"), ("_cheap", False, "cheap")):
+            inputs = {"model": f"e2e/{variant}/model.pt", "frontend": frontend_file(f"e2e/{variant}", optical),
+                      "teacher": _STAGE1_MODEL}
+            models.append(Model(f"e2e_{variant}{suffix}", "e2e", variant, noise, _opto_builder(noise=noise, layered=False),
+                                inputs, stages, _OPTO_READS + (_NOISE_READS if noise else ()), e2e_variant=variant,
+                                optical_model=optical))
     return {m.name: m for m in models}
 
 
@@ -197,6 +221,8 @@ _E2E_COMMON = (
     "train.flip", "train.lr", "train.si_lambda", "seed",
 )
 
+_FAITHFUL_IMAGE_KEYS = ("field_grid", "image_spectral_samples", "image_window_px", "relative_illumination",
+                        "flat_field")  # read by faithful_frontend only
 _REAL_DATA_KEYS = ("data.root", "data.linear_light")
 _KITTI_KEYS = ("data.protocol", "data.splits_dir", "data.train_split", "data.test_split", "data.train_gt",
                "data.gt_dir")
@@ -211,8 +237,11 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "assemble_frontend": (*_DKO_DESIGN, "dko.element_pitch_m", "dko.fidelity_distances_m", "dko.gain_calibration",
                           "dko.window_factor", "metaatoms.period_m", *_OPTICS_GEOMETRY),
     "metasurface_gds": ("metaatoms.period_m", "dko.gds_radius_step_m"),
-    "faithful_fidelity": (*section("faithful"), *_OPTICS_GEOMETRY, "data.height", "data.width", "dko.window_factor",
-                          "dko.element_pitch_m", "metaatoms.substrate_index"),
+    "faithful_fidelity": (*section("faithful", without=_FAITHFUL_IMAGE_KEYS), *_OPTICS_GEOMETRY, "data.height",
+                          "data.width", "dko.window_factor", "dko.element_pitch_m", "metaatoms.substrate_index"),
+    "faithful_frontend": (*section("faithful", without=("field_positions", "window_px", "spectral_samples")),
+                          *_OPTICS_GEOMETRY, "data.height", "data.width", "dko.element_pitch_m", "dko.gain_calibration",
+                          "metaatoms.substrate_index"),
     "train_e2e[optics]": (*_E2E_COMMON, "e2e.lr_optics"),
     "train_e2e[scratch]": (*_E2E_COMMON, "e2e.lr_optics_scratch", "network", "train.weight_decay"),
     "compare": ("e2e.variants", "seed"),

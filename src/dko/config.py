@@ -322,6 +322,11 @@ class FaithfulConfig:
     fresnel: bool
     exact_pixels: bool
     batch_size: int
+    field_grid: tuple[int, int]
+    image_spectral_samples: int
+    image_window_px: int | None
+    relative_illumination: bool
+    flat_field: bool
 
 
 @dataclass(frozen=True)

@@ -131,3 +131,35 @@ def test_a_loaded_system_holds_the_psf_window(tmp_path, bank, write_frontend):
     assert back.system.psf_size_px == 15
     assert back.system.grid_extent_m >= 15 * 2.74e-6 and 2.0 < back.system.pad_factor < 5.0
     assert back.system.n_superpixels == 8 and back.radius_m.shape == (bank.n_elements, 8, 8)
+
+
+def test_a_front_end_with_a_field_grid_and_flat_field_round_trips_into_a_spatially_varying_layer(tmp_path, bank,
+                                                                                                 system):
+    """(D, Fy, Fx, E, P, P) PSFs and the flat_field flag survive the file; the layer gets the grid and the flag; a
+    file without the key (every earlier file) loads with flat_field false; flat_field without a grid is refused."""
+    from dko.frontend import array_layout
+
+    e, n = bank.n_elements, system.n_superpixels
+    gen = torch.Generator().manual_seed(2)
+    grid = torch.rand(1, 2, 3, e, 15, 15, generator=gen)
+    common = dict(radius_m=torch.full((e, n, n), 8e-8), object_distances_m=[10.0], gains=bank.gains, bank=bank,
+                  element_centers_m=array_layout(bank, 1e-4), system=system)
+    fe = save_frontend(tmp_path / "grid.npz", psfs=grid, efficiency=grid[:, 0, 1].sum(dim=(-2, -1)), flat_field=True,
+                       **common)
+    back = load_frontend(tmp_path / "grid.npz")
+    assert back.flat_field and back.field_grid == (2, 3) and np.array_equal(back.psfs, fe.psfs)
+    assert np.allclose(back.centre_psfs, grid[:, :, 1].mean(dim=1).numpy())  # even Fy: the mean of the middle rows
+    layer = back.opto_layer()
+    assert layer.field_grid == (2, 3) and layer.shading_corrected
+    torch.testing.assert_close(layer.psfs, torch.as_tensor(back.centre_psfs))
+    plain = save_frontend(tmp_path / "plain.npz", psfs=grid[:, 0, 0], efficiency=grid[:, 0, 0].sum(dim=(-2, -1)),
+                          **common)
+    assert not load_frontend(tmp_path / "plain.npz").flat_field and plain.field_grid == (1, 1)
+    with np.load(tmp_path / "plain.npz") as data:
+        assert "flat_field" not in data.files  # the file of a shift-invariant front end is format 1 as before
+    with pytest.raises(ValueError, match="flat_field needs PSFs on a field grid"):
+        save_frontend(tmp_path / "bad.npz", psfs=grid[:, 0, 0], efficiency=grid[:, 0, 0].sum(dim=(-2, -1)),
+                      flat_field=True, **common)
+    with pytest.raises(ValueError, match="psfs"):
+        save_frontend(tmp_path / "bad.npz", psfs=grid[:, :, :, :3], efficiency=grid[:, 0, 0].sum(dim=(-2, -1)),
+                      **common)

@@ -195,3 +195,57 @@ def test_each_source_point_is_imaged_with_the_psf_interpolated_at_its_position()
         if r >= 1:                                              # (row 0's tail leaves the image)
             assert torch.allclose(s[:, r - 1, c], blend[:, 1, 2])
             assert torch.allclose(s.sum(dim=(-2, -1)), blend.sum(dim=(-2, -1)))
+
+
+def _scaled_grid(psfs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(1, Fy, Fx, E, w, w): the PSFs (E, w, w) times a per-node, per-element factor ``scale`` (Fy, Fx, E)."""
+    return psfs[None, None, None] * scale[None, :, :, :, None, None]
+
+
+def test_flat_field_correction_flattens_the_response_to_a_uniform_scene(conv):
+    """Vignetting modelled as node PSFs scaled by 0.2-1 (different per element): a uniform scene's output then
+    falls off towards the corners; with flat_field it is the centre's everywhere but the border strip (exactly, for
+    mirror-symmetric PSFs away from the node lines, where the bilinear weights have no curvature along either axis), and the
+    correction is applied after the noise. Equal nodes: flat_field changes nothing."""
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias, stride=1, padding=3)
+    e = bank.n_elements
+    gen = torch.Generator().manual_seed(3)
+    psfs = torch.rand(e, 7, 7, dtype=torch.float64, generator=gen)
+    psfs = psfs + psfs.flip(-1)
+    psfs = psfs + psfs.flip(-2)  # mirror-symmetric: a uniform scene sees no first or cross moment of the bilinear weights
+    scale = 0.2 + 0.8 * torch.rand(3, 3, e, dtype=torch.float64, generator=gen)
+    scale[1, 1] = 1.0
+    grid = _scaled_grid(psfs, scale)
+    plain = OptoConv1(bank, psfs)
+    shaded = OptoConv1(bank, grid)
+    corrected = OptoConv1(bank, grid, flat_field=True)
+    assert corrected.shading_corrected and not shaded.shading_corrected
+    x = torch.full((1, 3, 41, 61), 0.7, dtype=torch.float64)
+    ref = plain(x)[0]
+    y_shaded, y_flat = shaded(x)[0], corrected(x, fused=True)[0]  # fused is ignored: the correction is per element
+    inner = (slice(None), slice(4, 16), slice(4, 26))  # within the first cell of the 3 x 3 grid, off the border
+    torch.testing.assert_close(y_flat[inner], ref[inner], rtol=1e-10, atol=1e-10)
+    assert float((y_shaded[inner] - ref[inner]).abs().max()) > 0.05 * float(ref[inner].abs().max())
+    gain = corrected.flat_field_gain(41, 61)
+    assert gain.shape == (e, 41, 61)
+    torch.testing.assert_close(gain[:, 20, 30], torch.ones(e, dtype=torch.float64))     # the centre node
+    torch.testing.assert_close(gain[:, 0, 0], 1 / scale[0, 0])                          # a corner node
+    torch.testing.assert_close(gain[:, 40, 60], 1 / scale[2, 2])
+    # equal nodes: the correction is the identity
+    same = OptoConv1(bank, _scaled_grid(psfs, torch.ones(3, 3, e, dtype=torch.float64)), flat_field=True)
+    z = torch.rand(2, 3, 41, 61, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(same(z), plain(z), rtol=1e-12, atol=1e-12)
+    # noise first, then the correction: the corrected noise is larger where the response is weak
+    sensor = SensorModel(full_well_e=200.0, read_noise_e=0.0, bit_depth=16)
+    noisy = OptoConv1(bank, grid, sensor=sensor, flat_field=True)
+    s_clean = noisy.sensor_images(x)
+    s_noisy = torch.stack([noisy.combine(apply_noise_and_correct(noisy, s_clean, seed)) for seed in range(2)])
+    direct = torch.stack([noisy(x, noise=True, generator=torch.Generator().manual_seed(seed)) for seed in range(2)])
+    torch.testing.assert_close(direct[:, 0], s_noisy[:, 0])
+
+
+def apply_noise_and_correct(layer: OptoConv1, s: torch.Tensor, seed: int) -> torch.Tensor:
+    from dko.optics.sensor import apply_sensor_noise
+
+    noisy = apply_sensor_noise(s, layer.sensor, torch.Generator().manual_seed(seed))
+    return noisy * layer.flat_field_gain(s.shape[-2], s.shape[-1])[None]

@@ -1,7 +1,7 @@
 # Stage 2, direct kernel optimization (dko.frontend, dko.stage2): conv1 of the stage-1 network -> kernel bank
 # -> one optimize_metasurface job per shard of output channels (parallel) -> assembled front end
-# (frontend.npz, fidelity.csv, budget.json, figures) -> GDSII -> the GDSII's radii re-simulated in the faithful model
-# (fidelity_faithful.csv); the DKO models are evaluated by rule evaluate.
+# (frontend.npz, fidelity.csv, budget.json, figures); its GDSII and faithful re-simulation are in faithful.smk, the
+# DKO models are evaluated by rule evaluate.
 
 
 wildcard_constraints:
@@ -68,49 +68,9 @@ rule assemble_frontend:
         "../scripts/assemble_frontend.py"
 
 
-rule metasurface_gds:
-    input:
-        frontend=f"{EXP}/dko/frontend.npz",
-    output:
-        gds=f"{EXP}/dko/array.gds",
-        summary=f"{EXP}/dko/gds_summary.json",
-    params:
-        config=JOB_CONFIG("metasurface_gds"),
-    log:
-        f"{EXP}/logs/metasurface_gds.log",
-    conda:
-        ENV
-    script:
-        "../scripts/metasurface_gds.py"
-
-
-rule faithful_fidelity:
-    input:
-        gds=f"{EXP}/dko/array.gds",
-        frontend=f"{EXP}/dko/frontend.npz",
-        library=f"{EXP}/metaatoms/library.npz",
-    output:
-        fidelity=f"{EXP}/dko/fidelity_faithful.csv",
-        summary=f"{EXP}/dko/fidelity_faithful_summary.json",
-        figure=report(f"{EXP}/dko/fidelity_faithful.png", caption="../report/dko_faithful.rst",
-                      category="Stage 2 (DKO)"),
-    params:
-        config=JOB_CONFIG("faithful_fidelity"),
-    log:
-        f"{EXP}/logs/faithful_fidelity.log",
-    threads: lambda wc: CONF(wc)["threads"]
-    conda:
-        ENV
-    script:
-        "../scripts/faithful_fidelity.py"
-
-
 TARGETS += [
     f"{EXP}/dko/kernels.png",
     f"{EXP}/dko/frontend.npz",
     f"{EXP}/dko/fidelity.csv",
     f"{EXP}/dko/budget.json",
-    f"{EXP}/dko/array.gds",
-    f"{EXP}/dko/fidelity_faithful.csv",
-    f"{EXP}/dko/fidelity_faithful_summary.json",
 ]

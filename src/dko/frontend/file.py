@@ -8,7 +8,12 @@ element layout. On disk (``np.savez``, no pickle; format :data:`FRONTEND_FORMAT`
 own (:data:`_DTYPES`): the bank as ``targets``, ``kernel_gains``, ``sign``, ``out_channel``, ``in_channel``,
 ``wavelength_m``, ``bias``, ``pad_value``, ``stride``, ``padding``, ``n_out``, ``n_in``; the system as
 ``superpixel_m``, ``n_superpixels``, ``sensor_distance_m``, ``pixel_pitch_m``, ``aperture``; then ``radius_m``,
-``psfs``, ``object_distances_m``, ``efficiency``, ``gains``, ``element_centers_m``, ``info_json`` and ``format``.
+``psfs``, ``object_distances_m``, ``efficiency``, ``gains``, ``element_centers_m``, ``info_json`` and ``format``;
+optionally ``flat_field`` (bool; absent = false).
+
+``psfs`` is (D, E, P, P) (one PSF per element and object distance: the cheap model's shift-invariant front end)
+or (D, Fy, Fx, E, P, P) on a field grid (the faithful front end of rule ``faithful_frontend``,
+:func:`dko.frontend.faithful.faithful_frontend`: spatially varying image formation, :class:`OptoConv1`).
 
 The file stores the system's geometry, not its simulation numerics: a loaded :attr:`FrontEnd.system` has
 ``psf_size_px`` = the stored PSFs' window, ``oversample`` 1, complex64, and ``pad_factor`` 2 (raised just
@@ -59,13 +64,15 @@ class FrontEnd:
         system: the optics geometry (superpixel, N, sensor distance, pixel pitch, aperture; see the module
             docstring for the numerics of a loaded one).
         radius_m: float32 (E, N, N) pillar radius of every superpixel, metres (row = y, top = largest y).
-        psfs: float32 (D, E, P, P) realised PSFs (orientation of the targets), units of the incident power.
+        psfs: float32 (D, E, P, P) realised PSFs (orientation of the targets), units of the incident power; or
+            (D, Fy, Fx, E, P, P) on a field grid (spatially varying, :class:`OptoConv1`).
         object_distances_m: float64 (D,) distances of ``psfs``, metres (inf = infinity); index 0 is the
             distance used when no depth map is given (the design distance).
         efficiency: float32 (D, E) transmitted fraction over the simulated sensor plane.
         gains: float32 (E,) electronic gains applied to the sensor images (after calibration).
         element_centers_m: float64 (E, 2) (x, y) of each element on the array, metres.
         info: JSON-serialisable extras (method, config hash, shard budgets summary, ...).
+        flat_field: the electronics apply the flat-field correction of :class:`OptoConv1` (a field grid only).
     """
 
     bank: KernelBank
@@ -77,6 +84,20 @@ class FrontEnd:
     gains: np.ndarray
     element_centers_m: np.ndarray
     info: dict = field(default_factory=dict)
+    flat_field: bool = False
+
+    @property
+    def field_grid(self) -> tuple[int, int]:
+        """(Fy, Fx) of the PSF field grid; (1, 1) for a shift-invariant front end."""
+        return (int(self.psfs.shape[1]), int(self.psfs.shape[2])) if self.psfs.ndim == 6 else (1, 1)
+
+    @property
+    def centre_psfs(self) -> np.ndarray:
+        """(D, E, P, P): the PSFs, at the field grid's centre node (the mean of the middle ones for an even grid)."""
+        if self.psfs.ndim == 4:
+            return self.psfs
+        fy, fx = self.field_grid
+        return self.psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1].mean(axis=(1, 2))
 
     @property
     def n_elements(self) -> int:
@@ -98,7 +119,8 @@ class FrontEnd:
     def opto_layer(self, sensor=None, device: Any = "cpu") -> OptoConv1:
         """:class:`OptoConv1` with the realised PSFs at every stored distance and the calibrated gains."""
         psfs = torch.as_tensor(self.psfs, dtype=torch.float32, device=device)
-        return OptoConv1(self.calibrated_bank(device), psfs, self.distances, sensor=sensor).to(device)
+        return OptoConv1(self.calibrated_bank(device), psfs, self.distances, sensor=sensor,
+                         flat_field=self.flat_field).to(device)
 
 
 # key -> dtype on disk (and in memory); the bank's gains are stored as "kernel_gains"
@@ -159,9 +181,13 @@ def _validate(fe: FrontEnd, where: str) -> None:
     for name, (value, shape) in checks.items():
         if tuple(value.shape) != shape:
             raise ValueError(f"{where}: '{name}' has shape {tuple(value.shape)}, expected {shape}")
-    if fe.psfs.ndim != 4 or fe.psfs.shape[:2] != (d, e) or fe.psfs.shape[-1] != fe.psfs.shape[-2] \
-            or fe.psfs.shape[-1] % 2 == 0 or fe.psfs.shape[-1] < k:
-        raise ValueError(f"{where}: 'psfs' has shape {fe.psfs.shape}, expected ({d}, {e}, P, P) with P odd >= {k}")
+    lead = (fe.psfs.shape[0], fe.psfs.shape[-3]) if fe.psfs.ndim in (4, 6) else None
+    if lead != (d, e) or fe.psfs.shape[-1] != fe.psfs.shape[-2] or fe.psfs.shape[-1] % 2 == 0 \
+            or fe.psfs.shape[-1] < k:
+        raise ValueError(f"{where}: 'psfs' has shape {fe.psfs.shape}, expected ({d}, {e}, P, P) or "
+                         f"({d}, Fy, Fx, {e}, P, P) with P odd >= {k}")
+    if fe.flat_field and fe.psfs.ndim != 6:
+        raise ValueError(f"{where}: flat_field needs PSFs on a field grid (D, Fy, Fx, E, P, P)")
     for name, value in (("radius_m", fe.radius_m), ("psfs", fe.psfs), ("efficiency", fe.efficiency),
                         ("gains", fe.gains), ("targets", bank.targets), ("bias", bank.bias)):
         if not np.all(np.isfinite(np.asarray(value))):
@@ -169,24 +195,27 @@ def _validate(fe: FrontEnd, where: str) -> None:
 
 
 def save_frontend(path: str | Path, *, radius_m, psfs, object_distances_m, efficiency, gains, bank: KernelBank,
-                  element_centers_m, system: OpticalSystem, info: dict | None = None) -> FrontEnd:
+                  element_centers_m, system: OpticalSystem, info: dict | None = None,
+                  flat_field: bool = False) -> FrontEnd:
     """Write ``frontend.npz`` atomically (no pickle) and return the :class:`FrontEnd` (as :func:`load_frontend`
     will read it back, except that its ``system`` is the one given).
 
     Args:
         path: output ``.npz``.
-        radius_m: (E, N, N) radii, metres. psfs: (D, E, P, P). object_distances_m: D distances (None = inf).
+        radius_m: (E, N, N) radii, metres. psfs: (D, E, P, P) or (D, Fy, Fx, E, P, P).
+        object_distances_m: D distances (None = inf).
         efficiency: (D, E). gains: (E,) applied (calibrated) gains.
         bank: the kernel bank (targets, its uncalibrated gains, signs, channels, wavelengths, bias, padding,
             conv geometry), on any device.
         element_centers_m: (E, 2) layout, metres. system: optics geometry. info: JSON-serialisable extras.
+        flat_field: the electronics' flat-field correction (:class:`OptoConv1`; field-grid PSFs only).
     """
     fe = FrontEnd(
         bank=_file_bank(bank), system=system, radius_m=_np(radius_m, np.float32), psfs=_np(psfs, np.float32),
         object_distances_m=distances_to_array(object_distances_m) if not isinstance(object_distances_m, np.ndarray)
         else object_distances_m.astype(np.float64),
         efficiency=_np(efficiency, np.float32), gains=_np(gains, np.float32),
-        element_centers_m=_np(element_centers_m, np.float64), info=dict(info or {}))
+        element_centers_m=_np(element_centers_m, np.float64), info=dict(info or {}), flat_field=bool(flat_field))
     _validate(fe, f"frontend '{path}'")
     own = {key: getattr(fe, key) for key in _OWN_ARRAYS}
     own.update({key: getattr(fe.bank, name).numpy() for key, (name, _) in _BANK_ARRAYS.items()})
@@ -197,6 +226,8 @@ def save_frontend(path: str | Path, *, radius_m, psfs, object_distances_m, effic
     arrays["aperture"] = np.array(str(system.aperture))
     arrays["info_json"] = np.array(json.dumps(fe.info, sort_keys=True, default=str))
     arrays["format"] = np.array(FRONTEND_FORMAT)
+    if fe.flat_field:
+        arrays["flat_field"] = np.array(True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -219,6 +250,7 @@ def load_frontend(path: str | Path) -> FrontEnd:
             geometry = {key: float(data[key]) for key in _FLOAT_KEYS}
             geometry.update(n_superpixels=ints["n_superpixels"], aperture=str(data["aperture"]))
             info = json.loads(str(data["info_json"]))
+            flat_field = bool(data["flat_field"]) if "flat_field" in data else False
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise ValueError(f"front-end file '{path}' cannot be read: {exc}") from exc
     psfs = arrays["psfs"]
@@ -228,6 +260,6 @@ def load_frontend(path: str | Path) -> FrontEnd:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"front-end file '{path}' holds an invalid optics geometry: {exc}") from exc
     fe = FrontEnd(bank=_bank_from_arrays(arrays, ints), system=system,
-                  info=info, **{key: arrays[key] for key in _OWN_ARRAYS})
+                  info=info, flat_field=flat_field, **{key: arrays[key] for key in _OWN_ARRAYS})
     _validate(fe, f"front-end file '{path}'")
     return fe

@@ -31,6 +31,15 @@ of the nearest image pixel) and ``S_e = sum_ij (x * h_ij) (*) PSF_{ij, e}`` (ove
 convolutions, as lens-design tools render PSF maps). With all nodes' PSFs equal this is exactly the
 shift-invariant layer (linearity, ``sum_ij h_ij = 1``). Relative illumination and vignetting are part of each
 node's PSF (its sum). Cost: ``Fy Fx`` convolutions per layer instead of one.
+
+Flat-field (lens-shading) correction (``flat_field=True``)
+----------------------------------------------------------
+As a camera's image processor does, the electronics may divide each element's sensor image by its response to a
+uniform scene, normalised to the centre of the field: ``S_e(x) <- S_e(x) / r_e(x)`` with
+``r_e(x) = sum_ij h_ij(x) sum(PSF_{ij, e}) / sum(PSF_{centre, e})`` (the nodes' PSF sums interpolated like the
+PSFs, at the output pixel's centre; object distance 0). It is applied after the sensor noise (it amplifies the
+noise where the light is weak) and makes the response to a uniform scene that of the centre everywhere but in
+the border strip a PSF window wide. Without a field grid it does nothing.
 """
 
 from __future__ import annotations
@@ -104,6 +113,7 @@ class OptoConv1(nn.Module):
         object_distances_m: D distances of the PSF stack (needed for depth-layered forward).
         sensor: optional :class:`SensorModel`; noise is added when ``noise=True`` in forward.
         trainable_gains: make the electronic gains and bias learnable parameters.
+        flat_field: divide each element's sensor image by its relative response over the field (module docstring).
     Forward:
         x: raw input (B, C, H, W), intensity in [0, 1] (not normalised).
         depth_m: optional (B, H, W) depth map, metres, for depth-layered image formation; without
@@ -117,7 +127,7 @@ class OptoConv1(nn.Module):
     """
 
     def __init__(self, bank: KernelBank, psfs: torch.Tensor, object_distances_m: Sequence[float | None] | None = None,
-                 sensor: SensorModel | None = None, trainable_gains: bool = False):
+                 sensor: SensorModel | None = None, trainable_gains: bool = False, flat_field: bool = False):
         super().__init__()
         if psfs.ndim == 3:
             psfs = psfs[None]
@@ -143,6 +153,12 @@ class OptoConv1(nn.Module):
         fy, fx = self.field_grid
         centre = psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1].mean(dim=(1, 2))
         self.register_buffer("psfs", centre.to(dtype))
+        self.flat_field = bool(flat_field)
+        sums = self.field_psfs[0].sum(dim=(-2, -1))  # (Fy, Fx, E)
+        centre_sum = self.psfs[0].sum(dim=(-2, -1))
+        if self.flat_field and self.field_grid != (1, 1) and bool((centre_sum <= 0).any()):
+            raise ValueError("flat_field needs every element's centre PSF to hold light")
+        self.register_buffer("relative_response", sums / centre_sum.clamp_min(torch.finfo(dtype).tiny))
         self.register_buffer("in_channel", bank.in_channel.clone())
         self.register_buffer("out_channel", bank.out_channel.clone())
         self.register_buffer("sign", bank.sign.clone())
@@ -179,6 +195,28 @@ class OptoConv1(nn.Module):
     @property
     def spatially_varying(self) -> bool:
         return self.field_grid != (1, 1)
+
+    @property
+    def shading_corrected(self) -> bool:
+        """Whether the flat-field correction applies (``flat_field`` and a field grid)."""
+        return self.flat_field and self.spatially_varying
+
+    def flat_field_gain(self, h: int, w: int) -> torch.Tensor:
+        """(E, H_out, W_out) factor ``1 / r_e(x)`` of the flat-field correction at the output pixels' centres
+        (module docstring; ones without a field grid)."""
+        h_out, w_out = self.output_size(h, w)
+        dtype, device = self.relative_response.dtype, self.relative_response.device
+        n_el = self.relative_response.shape[-1]
+        if not self.spatially_varying:
+            return torch.ones(n_el, h_out, w_out, dtype=dtype, device=device)
+        fy, fx = self.field_grid
+        offset = self.kernel_size // 2 - self.padding  # output i is centred on input stride*i + offset
+        rows = torch.arange(h_out, dtype=dtype, device=device) * self.stride + offset
+        cols = torch.arange(w_out, dtype=dtype, device=device) * self.stride + offset
+        wy = _hat_weights(fy, rows * (fy - 1) / max(h - 1, 1))  # (Fy, H_out)
+        wx = _hat_weights(fx, cols * (fx - 1) / max(w - 1, 1))  # (Fx, W_out)
+        response = torch.einsum("iy,jx,ije->eyx", wy, wx, self.relative_response)
+        return 1.0 / response.clamp_min(torch.finfo(dtype).tiny)
 
     def _field_weights(self, h: int, w: int, device) -> torch.Tensor:
         """(Fy * Fx, 1, Hp, Wp) overlap-add weights of the padded input (:func:`field_weights`)."""
@@ -251,7 +289,7 @@ class OptoConv1(nn.Module):
     def forward(self, x: torch.Tensor, depth_m: torch.Tensor | None = None, *, noise: bool = False,
                 generator: torch.Generator | None = None, differentiable_noise: bool = False,
                 fused: bool = False) -> torch.Tensor:
-        if fused and not noise and (depth_m is None or self.psfs.shape[0] == 1):
+        if fused and not noise and not self.shading_corrected and (depth_m is None or self.psfs.shape[0] == 1):
             # same result as the per-element path up to float rounding (the layer is linear without noise)
             if x.ndim != 4 or x.shape[1] != self.pad_value.numel():
                 raise ValueError(f"x must be (B, {self.pad_value.numel()}, H, W), got {tuple(x.shape)}")
@@ -269,4 +307,6 @@ class OptoConv1(nn.Module):
             if self.sensor is None:
                 raise ValueError("noise=True needs a SensorModel (OptoConv1(..., sensor=...))")
             s = apply_sensor_noise(s, self.sensor, generator, differentiable=differentiable_noise)
+        if self.shading_corrected:
+            s = s * self.flat_field_gain(x.shape[-2], x.shape[-1]).to(s.dtype)[None]
         return self.combine(s)

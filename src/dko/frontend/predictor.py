@@ -62,7 +62,8 @@ class OptoFront(nn.Module):
             if self.depth_m is None:
                 raise ValueError("depth-layered image formation needs OptoFront.depth_m (B, H, W) set before forward")
             depth = self.depth_m.to(images.device)
-        if depth is not None and not self.noise and self.layer.psfs.shape[0] > 1:
+        if depth is not None and not self.noise and self.layer.psfs.shape[0] > 1 \
+                and not self.layer.spatially_varying:  # the fused form holds one PSF per element
             return self._layered_fused(images, depth)
         # without noise or depth layers the layer is linear: one dense conv (same result, faster)
         return self.layer(images, depth, noise=self.noise, generator=self.generator,

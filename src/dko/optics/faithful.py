@@ -90,6 +90,7 @@ __all__ = [
     "FaithfulPSF",
     "TransmissionFn",
     "fresnel_transmittance",
+    "relative_illumination",
     "auto_samples_per_superpixel",
     "staircase_spectrum",
     "staircase_spectrum_fft",
@@ -208,6 +209,18 @@ class FaithfulPSF:
 
 
 # ----------------------------------------------------------------------------- small physics helpers
+def relative_illumination(incidence_angle_rad: float) -> float:
+    """Relative illumination ``cos^4(gamma)`` of a field point at polar angle gamma from the axis.
+
+    A scene patch of radiance L seen by one sensor pixel at the chief-ray angle gamma sends the aperture
+    ``L (A cos gamma) (p^2 cos^3 gamma / z_s^2)``: the aperture's projected area times the patch's solid angle (the
+    pixel at distance ``z_s / cos gamma``, tilted by gamma), i.e. ``cos^4 gamma`` times the on-axis pixel's light (the
+    cos^4 law). The faithful PSF is per unit incident ``|U|^2`` on the aperture face (module docstring, item 6), so
+    an image formed with it is multiplied by this factor per field point.
+    """
+    return math.cos(float(incidence_angle_rad)) ** 4
+
+
 def fresnel_transmittance(angle_rad: float, n1: float = 1.0, n2: float = 1.46) -> float:
     """Unpolarised power transmittance ``1 - (R_s + R_p) / 2`` of a flat n1 -> n2 interface at ``angle_rad``.
 
