@@ -269,10 +269,16 @@ def test_every_job_read_what_it_declares(smoke_run):
     tmp_path, cfg_path, proc = smoke_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config(cfg_path)
-    logs = sorted((tmp_path / "results" / "smoke" / "logs").glob("*.log"))
-    assert len(logs) == 22, [p.name for p in logs]  # every job but `all`
+    log_dir = tmp_path / "results" / "smoke" / "logs"
+    logs = sorted(log_dir.rglob("*.log"))
+    # every job but `all`; per-design rules log to logs/<rule>/<design>.log
+    assert len(logs) == 30, [str(p.relative_to(log_dir)) for p in logs]
     for log_path in logs:
-        rule, wildcards = _rule_and_wildcards(log_path.stem)
+        parts = log_path.relative_to(log_dir).with_suffix("").parts
+        if len(parts) > 1:
+            rule, wildcards = parts[0], {"design": "/".join(parts[1:])}
+        else:
+            rule, wildcards = _rule_and_wildcards(log_path.stem)
         declared = job_config_keys(rule, wildcards, cfg)
         read = _keys_read(log_path)
         leaves = {k for k in read if any(k == d or k.startswith(d + ".") for d in declared)}
@@ -302,8 +308,13 @@ def test_a_changed_key_reruns_exactly_the_jobs_that_read_it(smoke_run, repo_root
 
     tmp_path, cfg_path, proc = smoke_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    logs = sorted((tmp_path / "results" / "smoke" / "logs").glob("*.log"))
-    reads = {p.stem: _keys_read(p) for p in logs}
+    log_dir = tmp_path / "results" / "smoke" / "logs"
+
+    def job_name(log: Path) -> str:  # per-design rules log to logs/<rule>/<design>.log: name them by that path
+        parts = log.with_suffix("").parts
+        return "/".join(parts[parts.index("logs") + 1:])
+
+    reads = {job_name(p): _keys_read(p) for p in sorted(log_dir.rglob("*.log"))}
     raw = yaml.safe_load(cfg_path.read_text())
     rows = _summary(venv_bin, repo_root, cfg_path)
     assert {row["status"] for row in rows} == {"ok"}, sorted({row["status"] for row in rows})
@@ -311,7 +322,7 @@ def test_a_changed_key_reruns_exactly_the_jobs_that_read_it(smoke_run, repo_root
         path = tmp_path / f"changed_{key}.yaml"
         path.write_text(yaml.safe_dump(_changed(raw, key, value)))
         expected = {job for job, keys in reads.items() if key in keys}
-        got = _jobs_with_changed_params(venv_bin, repo_root, path)
+        got = _jobs_with_changed_params(venv_bin, repo_root, path, name=job_name)
         assert got == expected, f"{key}: reruns {sorted(got)}, but the jobs reading it are {sorted(expected)}"
         if not is_execution_key(key) and key not in UNREAD_IN_SMOKE:
             assert expected, f"{key}: no job read it in the smoke run; pick a key that some job reads"

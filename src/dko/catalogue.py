@@ -240,7 +240,7 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "faithful_fidelity": (*section("faithful", without=_FAITHFUL_IMAGE_KEYS), *_OPTICS_GEOMETRY, "data.height",
                           "data.width", "dko.window_factor", "dko.element_pitch_m", "metaatoms.substrate_index"),
     "faithful_frontend": (*section("faithful", without=("field_positions", "window_px", "spectral_samples")),
-                          *_OPTICS_GEOMETRY, "data.height", "data.width", "dko.element_pitch_m", "dko.gain_calibration",
+                          *section("optics", without=("wavelengths_m", "object_distances_m")), "data.height", "data.width", "dko.element_pitch_m", "dko.gain_calibration",
                           "metaatoms.substrate_index"),
     "train_e2e[optics]": (*_E2E_COMMON, "e2e.lr_optics"),
     "train_e2e[scratch]": (*_E2E_COMMON, "e2e.lr_optics_scratch", "network", "train.weight_decay"),
