@@ -56,3 +56,32 @@ def write_frontend(tmp_path):
                              element_centers_m=array_layout(bank, 1e-4), system=system, info={"method": "test"})
 
     return write
+
+
+@pytest.fixture(scope="session")
+def write_lens_design():
+    """``write_lens_design(out, cfg, library, calibrate=False) -> FrontEnd``: frontend.npz + array.gds in ``out`` of 6
+    elements (1 output channel x 3 colours x 2 signs of a 5 x 5 kernel, seed 3): ideal lenses at each colour plus
+    noise on the radii (not on the 1 nm grid, so the GDSII quantises them), PSFs of the cheap model at 10 m; gains
+    the bank's, or calibrated (total) on those PSFs as assemble_frontend does when ``calibrate``."""
+    from dko.frontend import array_layout, element_pitch_m, load_frontend, save_frontend
+    from dko.optics.psf import ideal_lens_radii, psf_from_radii
+    from dko.stage2 import write_frontend_gds
+
+    def write(out, cfg, library, *, calibrate=False):
+        torch.manual_seed(3)
+        bank = build_kernel_bank(torch.randn(1, 3, 5, 5), 0.45, 0.225, WLS, stride=2)
+        system = OpticalSystem.from_config(cfg.optics)
+        radius = ideal_lens_radii(system, bank.wavelength_m.tolist(), library).double()
+        radius = (radius + 3e-9 * torch.randn(radius.shape, dtype=torch.float64)).clamp(library.radius_min_m,
+                                                                                         library.radius_max_m)
+        psfs, eff = psf_from_radii(radius, bank.wavelength_m, system, library, 10.0, return_efficiency=True)
+        gains = bank.gains / psfs.sum(dim=(-2, -1)).float() if calibrate else bank.gains
+        save_frontend(out / "frontend.npz", radius_m=radius.float(), psfs=psfs[None], object_distances_m=[10.0],
+                      efficiency=eff[None], gains=gains, bank=bank,
+                      element_centers_m=array_layout(bank, element_pitch_m(cfg)), system=system,
+                      info={"method": "test"})
+        write_frontend_gds(out / "frontend.npz", out / "array.gds", period_m=cfg.metaatoms.period_m)
+        return load_frontend(out / "frontend.npz")
+
+    return write

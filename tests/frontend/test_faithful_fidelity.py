@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from dko.config import config_from_dict
-from dko.frontend import array_layout, build_kernel_bank, element_pitch_m, load_frontend, save_frontend
 from dko.frontend.faithful import (INCIDENCE_MODEL, LEDGER_COLUMNS, faithful_fidelity, field_angles_rad, flat_metrics,
                                    read_gds_radii, write_faithful_fidelity)
 from dko.optics.metaatoms import MetaAtomLibrary
-from dko.optics.psf import OpticalSystem, ideal_lens_radii, psf_from_radii
-from dko.stage2 import fidelity_table, write_frontend_gds
+from dko.optics.psf import OpticalSystem, psf_from_radii
+from dko.stage2 import fidelity_table
 
 torch.set_num_threads(2)
-WLS = [6.4e-7, 5.5e-7, 4.6e-7]
 OPTICS = {"n_superpixels": 24, "superpixel_m": 1.2e-6, "sensor_distance_m": 2.0e-4, "psf_size_px": 15}
 CHEAP_TERMS_OFF = {"route": "fft", "samples_per_superpixel": 1, "exact_pixels": False, "fresnel": False,
                    "passband_fwhm_m": [0.0, 0.0, 0.0], "field_positions": [[0.0, 0.0]], "window_px": 15}
@@ -35,23 +33,10 @@ def library():
 
 
 @pytest.fixture(scope="module")
-def design(tmp_path_factory, library):
-    """frontend.npz + array.gds of 6 elements (1 output channel x 3 colours x 2 signs of a 5 x 5 kernel): ideal
-    lenses at each colour, plus noise on the radii (not on the 1 nm grid, so the GDSII quantises them)."""
+def design(tmp_path_factory, library, write_lens_design):
+    """The 6-element lens design of conftest.write_lens_design (the bank's gains)."""
     out = tmp_path_factory.mktemp("faithful")
-    cfg = _cfg()
-    torch.manual_seed(3)
-    bank = build_kernel_bank(torch.randn(1, 3, 5, 5), 0.45, 0.225, WLS, stride=2)
-    system = OpticalSystem.from_config(cfg.optics)
-    radius = ideal_lens_radii(system, bank.wavelength_m.tolist(), library).double()
-    radius = (radius + 3e-9 * torch.randn(radius.shape, dtype=torch.float64)).clamp(library.radius_min_m,
-                                                                                     library.radius_max_m)
-    psfs, eff = psf_from_radii(radius, bank.wavelength_m, system, library, 10.0, return_efficiency=True)
-    save_frontend(out / "frontend.npz", radius_m=radius.float(), psfs=psfs[None], object_distances_m=[10.0],
-                  efficiency=eff[None], gains=bank.gains, bank=bank,
-                  element_centers_m=array_layout(bank, element_pitch_m(cfg)), system=system, info={"method": "test"})
-    write_frontend_gds(out / "frontend.npz", out / "array.gds", period_m=cfg.metaatoms.period_m)
-    return out, load_frontend(out / "frontend.npz")
+    return out, write_lens_design(out, _cfg(), library)
 
 
 def test_gds_radii_read_back_are_the_front_ends_quantised_radii(design):

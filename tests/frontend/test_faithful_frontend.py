@@ -8,16 +8,13 @@ import pytest
 import torch
 
 from dko.config import config_from_dict
-from dko.frontend import array_layout, build_kernel_bank, element_pitch_m, load_frontend, save_frontend
+from dko.frontend import load_frontend
 from dko.frontend.faithful_frontend import (calibration_sums, faithful_frontend, node_angles_rad, node_offsets_px,
                                             write_faithful_frontend)
 from dko.optics.faithful import relative_illumination
 from dko.optics.metaatoms import MetaAtomLibrary
-from dko.optics.psf import OpticalSystem, ideal_lens_radii, psf_from_radii
-from dko.stage2 import write_frontend_gds
 
 torch.set_num_threads(2)
-WLS = [6.4e-7, 5.5e-7, 4.6e-7]
 OPTICS = {"n_superpixels": 24, "superpixel_m": 1.2e-6, "sensor_distance_m": 2.0e-4, "psf_size_px": 15}
 CHEAP_TERMS_OFF = {"route": "fft", "samples_per_superpixel": 1, "exact_pixels": False, "fresnel": False,
                    "passband_fwhm_m": [0.0, 0.0, 0.0], "field_grid": [1, 1], "image_spectral_samples": 1,
@@ -35,24 +32,10 @@ def library():
 
 
 @pytest.fixture(scope="module")
-def design(tmp_path_factory, library):
-    """frontend.npz + array.gds of 6 elements (1 output x 3 colours x 2 signs of a 5 x 5 kernel): ideal lenses with
-    noise on the radii; gains calibrated (total) on the cheap PSFs as assemble_frontend does."""
+def design(tmp_path_factory, library, write_lens_design):
+    """The 6-element lens design of conftest.write_lens_design (gains calibrated on the cheap PSFs)."""
     out = tmp_path_factory.mktemp("faithful_frontend")
-    cfg = _cfg()
-    torch.manual_seed(3)
-    bank = build_kernel_bank(torch.randn(1, 3, 5, 5), 0.45, 0.225, WLS, stride=2)
-    system = OpticalSystem.from_config(cfg.optics)
-    radius = ideal_lens_radii(system, bank.wavelength_m.tolist(), library).double()
-    radius = (radius + 3e-9 * torch.randn(radius.shape, dtype=torch.float64)).clamp(library.radius_min_m,
-                                                                                     library.radius_max_m)
-    psfs, eff = psf_from_radii(radius, bank.wavelength_m, system, library, 10.0, return_efficiency=True)
-    gains = bank.gains / psfs.sum(dim=(-2, -1)).float()
-    save_frontend(out / "frontend.npz", radius_m=radius.float(), psfs=psfs[None], object_distances_m=[10.0],
-                  efficiency=eff[None], gains=gains, bank=bank,
-                  element_centers_m=array_layout(bank, element_pitch_m(cfg)), system=system, info={"method": "test"})
-    write_frontend_gds(out / "frontend.npz", out / "array.gds", period_m=cfg.metaatoms.period_m)
-    return out, load_frontend(out / "frontend.npz")
+    return out, write_lens_design(out, _cfg(), library, calibrate=True)
 
 
 def test_nodes_sit_on_whole_pixels_symmetric_about_the_centre():
@@ -136,10 +119,10 @@ def test_nodes_illumination_calibration_and_the_layer(design, library, tmp_path)
     faithful = load_frontend(tmp_path / "ff.npz")
     assert faithful.flat_field and faithful.field_grid == (3, 3) and faithful.info["optical_model"] == "faithful"
     x = torch.full((1, 3, 48, 72), 0.5)
-    corrected = faithful.opto_layer().sensor_images(x)
     layer = faithful.opto_layer()
-    flat = layer.combine(corrected * layer.flat_field_gain(48, 72)[None]) - layer.bias[None, :, None, None]
-    raw = layer.combine(corrected) - layer.bias[None, :, None, None]
+    images = layer.sensor_images(x)
+    flat = layer.combine(images * layer.flat_field_gain(48, 72)[None]) - layer.bias[None, :, None, None]
+    raw = layer.combine(images) - layer.bias[None, :, None, None]
     inner_centre, inner_corner = flat[0, :, 12, 18], flat[0, :, 3, 3]   # output pixels (stride 2)
     assert float((inner_corner - inner_centre).abs().max()) < 0.02 * float(inner_centre.abs().max())
     ri_corner = summary["nodes"][0]["relative_illumination"]

@@ -66,7 +66,7 @@ from dko.optics.gds import TOP_CELL, read_array_cells
 from dko.optics.propagation import padded_size
 from dko.optics.psf import OpticalSystem, is_infinite_distance, psf_from_radii
 
-__all__ = ["INCIDENCE_MODEL", "LEDGER_COLUMNS", "read_gds_radii", "field_angles_rad", "faithful_fidelity",
+__all__ = ["INCIDENCE_MODEL", "LEDGER_COLUMNS", "read_gds_radii", "filled_radii", "field_angles_rad", "faithful_fidelity",
            "flat_metrics", "plot_faithful_psfs", "write_faithful_fidelity"]
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,20 @@ def _check_geometry(frontend: FrontEnd, system: OpticalSystem) -> None:
                              "stale, rerun assemble_frontend")
 
 
+def filled_radii(frontend: FrontEnd, system: OpticalSystem, radii) -> torch.Tensor:
+    """float64 (E, N, N) radii of :func:`read_gds_radii` checked against the front end, NaN (no pillars: outside the
+    aperture, opaque and masked by every model) replaced by the front end's radii there."""
+    n, e_count = system.n_superpixels, frontend.n_elements
+    radius = torch.as_tensor(np.asarray(radii, dtype=np.float64))
+    if tuple(radius.shape) != (e_count, n, n):
+        raise ValueError(f"radii must have shape ({e_count}, {n}, {n}) (the front end's elements), got "
+                         f"{tuple(radius.shape)}")
+    if bool(torch.isnan(radius[:, system.superpixel_aperture_mask()]).any()):
+        raise ValueError("the GDSII radii leave open superpixels of the aperture without pillars "
+                         f"(optics.aperture = {system.aperture}): the layout is stale, rerun metasurface_gds")
+    return torch.where(torch.isnan(radius), torch.as_tensor(frontend.radius_m, dtype=torch.float64), radius)
+
+
 # ----------------------------------------------------------------------------- the simulation
 def _simulate(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu", progress: bool = True) -> dict:
     """Faithful band PSFs (F, E, W, W), ledgers, the cheap PSFs and everything the rows and summary need."""
@@ -195,16 +209,7 @@ def _simulate(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu", p
     if window % 2 == 0 or window < k:
         raise ValueError(f"config key 'faithful.window_px' must be odd and >= the kernel size {k}, got {window}")
     e_count, n = bank.n_elements, system.n_superpixels
-    radius = torch.as_tensor(np.asarray(radii, dtype=np.float64))
-    if tuple(radius.shape) != (e_count, n, n):
-        raise ValueError(f"radii must have shape ({e_count}, {n}, {n}) (the front end's elements), got "
-                         f"{tuple(radius.shape)}")
-    open_ = system.superpixel_aperture_mask()
-    if bool(torch.isnan(radius[:, open_]).any()):
-        raise ValueError("the GDSII radii leave open superpixels of the aperture without pillars "
-                         f"(optics.aperture = {system.aperture}): the layout is stale, rerun metasurface_gds")
-    # superpixels outside the aperture carry no pillars (opaque): any radius of the table, masked by both models
-    radius = torch.where(torch.isnan(radius), torch.as_tensor(frontend.radius_m, dtype=torch.float64), radius)
+    radius = filled_radii(frontend, system, radii)
     radius = radius.to(device)
     pitch = element_pitch_m(cfg)
     numerics = FaithfulNumerics(samples_per_superpixel=fc.samples_per_superpixel, route=fc.route,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,9 @@ import torch
 
 from dko.dko import center_window
 from dko.frontend.design import GAIN_CALIBRATIONS, element_pitch_m
-from dko.frontend.faithful import _TableDispersion, _check_geometry, read_gds_radii
+from dko.frontend.faithful import _TableDispersion, _check_geometry, filled_radii, read_gds_radii
 from dko.frontend.file import FrontEnd, load_frontend, save_frontend
+from dko.frontend.layer import centre_node
 from dko.io import write_json
 from dko.optics.faithful import FaithfulNumerics, band_psf, library_transmission_fn, relative_illumination
 from dko.optics.psf import OpticalSystem
@@ -97,19 +97,6 @@ def calibration_sums(psf: torch.Tensor, kernel_size: int, mode: str) -> torch.Te
     return region.sum(dim=(-2, -1))
 
 
-def _radii_filled(frontend: FrontEnd, system: OpticalSystem, radii) -> torch.Tensor:
-    n, e_count = system.n_superpixels, frontend.n_elements
-    radius = torch.as_tensor(np.asarray(radii, dtype=np.float64))
-    if tuple(radius.shape) != (e_count, n, n):
-        raise ValueError(f"radii must have shape ({e_count}, {n}, {n}) (the front end's elements), got "
-                         f"{tuple(radius.shape)}")
-    if bool(torch.isnan(radius[:, system.superpixel_aperture_mask()]).any()):
-        raise ValueError("the GDSII radii leave open superpixels of the aperture without pillars: the layout is "
-                         "stale, rerun metasurface_gds")
-    # superpixels outside the aperture carry no pillars (opaque, masked): any radius of the table
-    return torch.where(torch.isnan(radius), torch.as_tensor(frontend.radius_m, dtype=torch.float64), radius)
-
-
 def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu",
                       progress: bool = True) -> tuple[dict, dict]:
     """The faithful front end of a design (module docstring).
@@ -135,7 +122,7 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
     window = int(fc.image_window_px) if fc.image_window_px is not None else int(frontend.psfs.shape[-1])
     if window % 2 == 0 or window < k:
         raise ValueError(f"config key 'faithful.image_window_px' must be odd and >= the kernel size {k}, got {window}")
-    radius = _radii_filled(frontend, system, radii).to(device)
+    radius = filled_radii(frontend, system, radii).to(device)
     pitch = element_pitch_m(cfg)
     numerics = FaithfulNumerics(samples_per_superpixel=fc.samples_per_superpixel, route=fc.route,
                                 exact_pixels=fc.exact_pixels, fresnel=fc.fresnel,
@@ -181,7 +168,7 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
     bar.close()
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     ci, cj = (fy - 1) // 2, (fx - 1) // 2
-    centre = psfs[ci:fy // 2 + 1, cj:fx // 2 + 1].mean(dim=(0, 1))  # the layer's centre PSFs (E, W, W)
+    centre = centre_node(psfs[None])[0]  # the layer's centre PSFs (E, W, W)
     design = torch.as_tensor(frontend.centre_psfs[0], dtype=torch.float64)
     mode = cfg.dko.gain_calibration
     ratio = calibration_sums(design, k, mode) / calibration_sums(centre, k, mode).clamp_min(1e-300)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dko.frontend.bank import KernelBank
-from dko.frontend.layer import OptoConv1
+from dko.frontend.layer import OptoConv1, centre_node
 from dko.io import atomic_path, check_format
 from dko.optics.psf import OpticalSystem, is_infinite_distance
 
@@ -94,10 +94,7 @@ class FrontEnd:
     @property
     def centre_psfs(self) -> np.ndarray:
         """(D, E, P, P): the PSFs, at the field grid's centre node (the mean of the middle ones for an even grid)."""
-        if self.psfs.ndim == 4:
-            return self.psfs
-        fy, fx = self.field_grid
-        return self.psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1].mean(axis=(1, 2))
+        return self.psfs if self.psfs.ndim == 4 else centre_node(self.psfs)
 
     @property
     def n_elements(self) -> int:

@@ -55,7 +55,7 @@ import dko.runtime  # noqa: F401 - CPU convolutions without oneDNN (see dko.runt
 from dko.frontend.bank import KernelBank
 from dko.optics.sensor import SensorModel, apply_sensor_noise
 
-__all__ = ["ideal_psfs", "OptoConv1", "nearest_distance_index", "field_weights"]
+__all__ = ["ideal_psfs", "OptoConv1", "nearest_distance_index", "field_weights", "centre_node"]
 
 
 def ideal_psfs(bank: KernelBank, window: int | None = None) -> torch.Tensor:
@@ -74,6 +74,14 @@ def nearest_distance_index(depth_m: torch.Tensor, object_distances_m: Sequence[f
                        dtype=torch.float64, device=depth_m.device)
     inv_depth = 1.0 / torch.clamp(depth_m.to(torch.float64), min=1e-6)
     return torch.argmin(torch.abs(inv_depth[..., None] - inv), dim=-1)
+
+
+def centre_node(psfs):
+    """(D, E, w, w) the centre node of field-grid PSFs (D, Fy, Fx, E, w, w) (the mean of the middle nodes for an even
+    grid size); a torch tensor or a numpy array."""
+    fy, fx = psfs.shape[1], psfs.shape[2]
+    middle = psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1]
+    return middle.mean(dim=(1, 2)) if isinstance(middle, torch.Tensor) else middle.mean(axis=(1, 2))
 
 
 def _hat_weights(n_nodes: int, positions: torch.Tensor) -> torch.Tensor:
@@ -150,9 +158,7 @@ class OptoConv1(nn.Module):
         dtype = bank.targets.dtype
         self.field_grid = (int(psfs.shape[1]), int(psfs.shape[2]))
         self.register_buffer("field_psfs", psfs.to(dtype))
-        fy, fx = self.field_grid
-        centre = psfs[:, (fy - 1) // 2:fy // 2 + 1, (fx - 1) // 2:fx // 2 + 1].mean(dim=(1, 2))
-        self.register_buffer("psfs", centre.to(dtype))
+        self.register_buffer("psfs", centre_node(psfs).to(dtype))
         self.flat_field = bool(flat_field)
         sums = self.field_psfs[0].sum(dim=(-2, -1))  # (Fy, Fx, E)
         centre_sum = self.psfs[0].sum(dim=(-2, -1))
