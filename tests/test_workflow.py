@@ -376,9 +376,11 @@ def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_r
     spec.loader.exec_module(bench)
     summary = bench.main([str(tmp_path / "out"), "--exp", str(run_dir / "results" / "smoke"), "--config",
                           str(cfg_path), "--elements", "4", "--images", "2", "--settings", "2x2:3", "1x1:1",
-                          "--reference", "2x2:3", "--threads", "1"])
+                          "--reference", "2x2:3", "--threads", "1", "--tolerance", "1e-6", "--no-mlflow"])
     rows = {r["setting"]: r for r in summary["rows"]}
     assert rows["2x2:3"]["max_rel_diff"] == 0.0
+    assert rows["2x2:3"]["converged"] and not rows["1x1:1"]["converged"] and not rows["cheap"]["converged"]
+    assert summary["recommended"] == "2x2:3" and rows["1x1:1"]["n_psfs_per_element"] == 1
     assert rows["1x1:1"]["median_rel_diff"] > 1e-3 and rows["cheap"]["median_rel_diff"] > 1e-3
     assert len(summary["elements"]) == 4
     written = json.loads((tmp_path / "out" / "faithful_image_convergence.json").read_text())

@@ -170,6 +170,39 @@ def test_a_field_grid_of_equal_psfs_is_exactly_the_shift_invariant_layer(conv):
     assert float(weights[0, 0, 3, 3]) == 1.0 and float(weights[2, 3, 3 + 20, 3 + 33]) == 1.0   # corner pixels
 
 
+@pytest.mark.parametrize("grid", [(2, 3), (3, 5), (4, 2)])
+@pytest.mark.parametrize("window", [7, 13])
+def test_cropped_node_convolutions_equal_the_whole_image_overlap_add(conv, grid, window):
+    """The layer convolves each node's crop only (its hat weight's support plus the window), one dense conv per
+    colour channel: the same sums as the overlap-add of whole-image grouped convolutions, the definition, with
+    distinct PSFs at every node, stride 2 and both depth layers."""
+    import torch.nn.functional as F
+
+    from dko.frontend.layer import field_weights
+
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias)
+    d, e = 2, bank.n_elements
+    psfs = torch.rand(d, *grid, e, window, window, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    layer = OptoConv1(bank, psfs, [None, 2.0])
+    x = torch.rand(2, 3, 23, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    depth = torch.where(torch.rand(2, 23, 37, generator=torch.Generator().manual_seed(5)) < 0.5, 1.5, 50.0)
+    depth = depth.to(torch.float64)
+    pads = layer._pads(23, 37)
+    xe = layer._pad_raw(x).index_select(1, bank.in_channel)
+    weights = field_weights(grid, (23, 37), pads).reshape(-1, 1, *xe.shape[-2:])
+    kernels = torch.flip(psfs, dims=(-2, -1)).reshape(d, -1, e, 1, window, window)
+    index = F.pad(depth[:, None], pads, mode="replicate")[:, 0]
+    layer_of = torch.where(index < 10, 1, 0)  # 1.5 m -> layer 1 (2.0 m), 50 m -> layer 0 (infinity)
+    for with_depth in (False, True):
+        ref = 0
+        for layer_index in (range(d) if with_depth else [0]):
+            mask = (layer_of == layer_index).to(xe.dtype)[:, None] if with_depth else 1.0
+            ref = ref + sum(F.conv2d(xe * mask * weights[f], kernels[layer_index, f], stride=2, groups=e)
+                            for f in range(weights.shape[0]))
+        got = layer.sensor_images(x, depth if with_depth else None)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_each_source_point_is_imaged_with_the_psf_interpolated_at_its_position():
     """A point source on a field node gets that node's PSF; between nodes the bilinear blend of its neighbours."""
     torch.manual_seed(5)
@@ -204,9 +237,9 @@ def _scaled_grid(psfs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def test_flat_field_correction_flattens_the_response_to_a_uniform_scene(conv):
     """Vignetting modelled as node PSFs scaled by 0.2-1 (different per element): a uniform scene's output then
-    falls off towards the corners; with flat_field it is the centre's everywhere but the border strip (exactly, for
-    mirror-symmetric PSFs away from the node lines, where the bilinear weights have no curvature along either axis), and the
-    correction is applied after the noise. Equal nodes: flat_field changes nothing."""
+    falls off towards the corners; with flat_field (the calibration on a uniform scene) it is the centre's everywhere,
+    the gain equals the definition computed independently, noise-free corrected images stay within the scene's
+    range, and the correction is applied after the noise. Equal nodes: flat_field changes nothing."""
     bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias, stride=1, padding=3)
     e = bank.n_elements
     gen = torch.Generator().manual_seed(3)
@@ -228,9 +261,29 @@ def test_flat_field_correction_flattens_the_response_to_a_uniform_scene(conv):
     assert float((y_shaded[inner] - ref[inner]).abs().max()) > 0.05 * float(ref[inner].abs().max())
     gain = corrected.flat_field_gain(41, 61)
     assert gain.shape == (e, 41, 61)
-    torch.testing.assert_close(gain[:, 20, 30], torch.ones(e, dtype=torch.float64))     # the centre node
-    torch.testing.assert_close(gain[:, 0, 0], 1 / scale[0, 0])                          # a corner node
-    torch.testing.assert_close(gain[:, 40, 60], 1 / scale[2, 2])
+    # the gain is the centre's PSF sum over the response to a unit scene filling the padded field, computed here as
+    # the whole-image overlap-add of grouped convolutions (the definition; the layer convolves crops per channel)
+    import torch.nn.functional as F
+
+    from dko.frontend.layer import field_weights
+
+    pads = corrected._pads(41, 61)
+    weights = field_weights((3, 3), (41, 61), pads).reshape(9, 1, 41 + pads[2] + pads[3], 61 + pads[0] + pads[1])
+    kernels = torch.flip(grid[0], dims=(-2, -1)).reshape(9, e, 1, 7, 7)
+    ones = torch.ones(1, e, *weights.shape[-2:], dtype=torch.float64)
+    response = sum(F.conv2d(ones * weights[f], kernels[f], groups=e) for f in range(9))[0]
+    torch.testing.assert_close(gain, psfs.sum(dim=(-2, -1))[:, None, None] / response, rtol=1e-12, atol=1e-12)
+    assert float(gain[:, 0, 0].min()) > 1.0   # the corners are vignetted (scale < 1 there)
+    # a uniform scene that fills the field (the pad value everywhere): the corrected output is the centre's at every
+    # pixel, the border and the node lines included
+    uniform = bank.pad_value[None, :, None, None].expand(1, 3, 41, 61).clone()
+    torch.testing.assert_close(corrected(uniform), plain(uniform), rtol=1e-10, atol=1e-10)
+    # noise-free, each corrected sensor image is a convex combination of scene values (PSFs are non-negative)
+    scene = torch.rand(1, 3, 41, 61, dtype=torch.float64, generator=gen)
+    normalised = corrected.sensor_images(scene)[0] * gain / psfs.sum(dim=(-2, -1))[:, None, None]
+    lo = torch.minimum(scene.amin(dim=(0, 2, 3)), bank.pad_value)[bank.in_channel]
+    hi = torch.maximum(scene.amax(dim=(0, 2, 3)), bank.pad_value)[bank.in_channel]
+    assert bool((normalised >= lo[:, None, None] - 1e-12).all() and (normalised <= hi[:, None, None] + 1e-12).all())
     # equal nodes: the correction is the identity
     same = OptoConv1(bank, _scaled_grid(psfs, torch.ones(3, 3, e, dtype=torch.float64)), flat_field=True)
     z = torch.rand(2, 3, 41, 61, dtype=torch.float64, generator=gen)
