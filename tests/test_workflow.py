@@ -363,6 +363,28 @@ def test_snakemake_lint_is_clean(repo_root, venv_bin):
     assert proc.stdout.count("lint clean") == 2
 
 
+def test_flat_field_cap_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
+    """benchmarks/flat_field_cap.py: with no cap it reproduces the pipeline's own dko evaluation exactly; a cap bounds
+    the largest gain; the CSV is written."""
+    import importlib.util
+    import json
+
+    run_dir, cfg_path, proc = smoke_run
+    assert proc.returncode == 0
+    spec = importlib.util.spec_from_file_location("ffc", repo_root / "benchmarks" / "flat_field_cap.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    exp = run_dir / "results" / "smoke"
+    common = ["--exp", str(exp), "--config", str(cfg_path), "--models", "dko", "--no-mlflow"]
+    free = bench.main([str(tmp_path / "free"), "--caps", "none", *common])[0]
+    pipeline = json.loads((exp / "evaluate" / "dko" / "metrics.json").read_text())["metrics"]["abs_rel"]
+    assert free["abs_rel"] == pytest.approx(pipeline, rel=1e-6) and free["max_gain"] > 1.0
+    cap = 1.0 + (free["max_gain"] - 1.0) / 2
+    capped = bench.main([str(tmp_path / "out"), "--caps", str(cap), *common])[0]
+    assert capped["max_gain"] == pytest.approx(cap)
+    assert (tmp_path / "out" / "flat_field_cap.csv").is_file()
+
+
 def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
     """benchmarks/faithful_image_convergence.py on the smoke run's DKO design: the reference setting against itself
     differs by nothing, a coarser grid and one wavelength by something, and the files are written."""

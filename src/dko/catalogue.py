@@ -222,7 +222,7 @@ _E2E_COMMON = (
 )
 
 _FAITHFUL_IMAGE_KEYS = ("field_grid", "image_spectral_samples", "image_window_px", "relative_illumination",
-                        "flat_field")  # read by faithful_frontend only
+                        "flat_field", "flat_field_max_gain")  # read by faithful_frontend only
 _REAL_DATA_KEYS = ("data.root", "data.linear_light")
 _KITTI_KEYS = ("data.protocol", "data.splits_dir", "data.train_split", "data.test_split", "data.train_gt",
                "data.gt_dir")

@@ -327,6 +327,7 @@ class FaithfulConfig:
     image_window_px: int | None
     relative_illumination: bool
     flat_field: bool
+    flat_field_max_gain: float | None
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,11 @@ def test_a_front_end_with_a_field_grid_and_flat_field_round_trips_into_a_spatial
     with pytest.raises(ValueError, match="psfs"):
         save_frontend(tmp_path / "bad.npz", psfs=grid[:, :, :, :3], efficiency=grid[:, 0, 0].sum(dim=(-2, -1)),
                       **common)
+    # the gain cap of the correction: absent = None (every earlier file), kept by the file, passed to the layer
+    assert back.flat_field_max_gain is None and layer.flat_field_max_gain is None
+    capped = save_frontend(tmp_path / "capped.npz", psfs=grid, efficiency=grid[:, 0, 1].sum(dim=(-2, -1)),
+                           flat_field=True, flat_field_max_gain=8.0, **common)
+    assert load_frontend(tmp_path / "capped.npz").flat_field_max_gain == 8.0 == capped.opto_layer().flat_field_max_gain
+    with pytest.raises(ValueError, match="flat_field_max_gain"):
+        save_frontend(tmp_path / "bad.npz", psfs=grid, efficiency=grid[:, 0, 1].sum(dim=(-2, -1)), flat_field=True,
+                      flat_field_max_gain=0.5, **common)

@@ -297,6 +297,25 @@ def test_flat_field_correction_flattens_the_response_to_a_uniform_scene(conv):
     torch.testing.assert_close(direct[:, 0], s_noisy[:, 0])
 
 
+def test_the_flat_field_gain_cap_limits_the_correction_where_the_field_is_dark(conv):
+    """flat_field_max_gain: the gain is min(1 / r, cap) at every pixel (uncapped where the field is bright enough),
+    so a corner darker than 1 / cap of the centre stays darker; a cap below 1 is refused."""
+    bank = build_kernel_bank(conv.weight, MEAN, STD, WLS, bias=conv.bias, stride=1, padding=3)
+    e = bank.n_elements
+    psfs = torch.rand(e, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    scale = torch.ones(3, 3, e, dtype=torch.float64)
+    scale[0, 0] = 0.01  # one dark corner node: the uncapped gain reaches ~15 there (its neighbours' light)
+    grid = _scaled_grid(psfs, scale)
+    free = OptoConv1(bank, grid, flat_field=True).flat_field_gain(41, 61)
+    capped_layer = OptoConv1(bank, grid, flat_field=True, flat_field_max_gain=4.0)
+    capped = capped_layer.flat_field_gain(41, 61)
+    assert float(free.max()) > 8 and float(capped.max()) == 4.0
+    torch.testing.assert_close(capped, free.clamp_max(4.0))
+    assert bool((capped == free)[:, 20:, 30:].all())  # far from the dark node nothing changes
+    with pytest.raises(ValueError, match="flat_field_max_gain"):
+        OptoConv1(bank, grid, flat_field=True, flat_field_max_gain=0.5)
+
+
 def apply_noise_and_correct(layer: OptoConv1, s: torch.Tensor, seed: int) -> torch.Tensor:
     from dko.optics.sensor import apply_sensor_noise
 

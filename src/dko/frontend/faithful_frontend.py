@@ -24,7 +24,8 @@ What it holds (a ``frontend.npz``, :mod:`dko.frontend.file`, with PSFs on a fiel
   ``dko.gain_calibration`` (``total``: the whole PSF window; ``window``: k x k; ``none``: gains unchanged). Light
   the faithful model loses is then paid for in signal-to-noise (the noisy evaluations), not hidden.
 * **Flat-field correction** (``faithful.flat_field``): the electronics divide each element's sensor image by its
-  relative response over the field (:class:`OptoConv1`), as a camera's lens-shading correction does.
+  relative response over the field (:class:`OptoConv1`), as a camera's lens-shading correction does, its gain capped at
+  ``faithful.flat_field_max_gain`` when set.
 
 The summary (``frontend_faithful.json``) lists per node the field angles, the relative illumination, the
 median light in the window (with and without it), the median share of the light reaching the simulated sensor
@@ -194,13 +195,15 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
         **frontend.info, "optical_model": "faithful", "field_grid": [fy, fx], "image_window_px": window,
         "spectral_samples": fc.image_spectral_samples, "passband_fwhm_m": [float(v) for v in fc.passband_fwhm_m],
         "passband_shape": fc.passband_shape, "relative_illumination": bool(fc.relative_illumination),
-        "flat_field": bool(fc.flat_field), "gain_calibration": mode, "radii_from": "GDSII",
+        "flat_field": bool(fc.flat_field), "flat_field_max_gain": fc.flat_field_max_gain,
+        "gain_calibration": mode, "radii_from": "GDSII",
         "object_distance_m": None if distance is None else float(distance),
     }
     summary = {
         "n_elements": e_count, "field_grid": [fy, fx], "image_window_px": window, "nodes": nodes,
         "object_distance_m": None if distance is None else float(distance),
         "spectral_samples": fc.image_spectral_samples, "flat_field": bool(fc.flat_field),
+        "flat_field_max_gain": fc.flat_field_max_gain,
         "relative_illumination": bool(fc.relative_illumination), "route": numerics.route,
         "exact_pixels": numerics.exact_pixels, "fresnel": numerics.fresnel, "gain_calibration": mode,
         "incidence_model": "normal-incidence table", "held_wavelengths_m": sorted(table.held),
@@ -216,7 +219,8 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
     arrays = dict(radius_m=radius.cpu().numpy(), psfs=psfs[None].float().numpy(),
                   object_distances_m=[distance], efficiency=ledger["on_plane"][ci, cj][None].float().numpy(),
                   gains=gains.float().numpy(), bank=bank, element_centers_m=frontend.element_centers_m,
-                  system=frontend.system, info=info, flat_field=bool(fc.flat_field))
+                  system=frontend.system, info=info, flat_field=bool(fc.flat_field),
+                  flat_field_max_gain=fc.flat_field_max_gain)
     return arrays, summary
 
 

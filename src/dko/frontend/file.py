@@ -9,7 +9,7 @@ own (:data:`_DTYPES`): the bank as ``targets``, ``kernel_gains``, ``sign``, ``ou
 ``wavelength_m``, ``bias``, ``pad_value``, ``stride``, ``padding``, ``n_out``, ``n_in``; the system as
 ``superpixel_m``, ``n_superpixels``, ``sensor_distance_m``, ``pixel_pitch_m``, ``aperture``; then ``radius_m``,
 ``psfs``, ``object_distances_m``, ``efficiency``, ``gains``, ``element_centers_m``, ``info_json`` and ``format``;
-optionally ``flat_field`` (bool; absent = false).
+optionally ``flat_field`` (bool; absent = false) and ``flat_field_max_gain`` (float; absent = no cap).
 
 ``psfs`` is (D, E, P, P) (one PSF per element and object distance: the cheap model's shift-invariant front end)
 or (D, Fy, Fx, E, P, P) on a field grid (the faithful front end of rule ``faithful_frontend``,
@@ -73,6 +73,7 @@ class FrontEnd:
         element_centers_m: float64 (E, 2) (x, y) of each element on the array, metres.
         info: JSON-serialisable extras (method, config hash, shard budgets summary, ...).
         flat_field: the electronics apply the flat-field correction of :class:`OptoConv1` (a field grid only).
+        flat_field_max_gain: the cap of that correction's gain (None = no cap).
     """
 
     bank: KernelBank
@@ -85,6 +86,7 @@ class FrontEnd:
     element_centers_m: np.ndarray
     info: dict = field(default_factory=dict)
     flat_field: bool = False
+    flat_field_max_gain: float | None = None
 
     @property
     def field_grid(self) -> tuple[int, int]:
@@ -117,7 +119,7 @@ class FrontEnd:
         """:class:`OptoConv1` with the realised PSFs at every stored distance and the calibrated gains."""
         psfs = torch.as_tensor(self.psfs, dtype=torch.float32, device=device)
         return OptoConv1(self.calibrated_bank(device), psfs, self.distances, sensor=sensor,
-                         flat_field=self.flat_field).to(device)
+                         flat_field=self.flat_field, flat_field_max_gain=self.flat_field_max_gain).to(device)
 
 
 # key -> dtype on disk (and in memory); the bank's gains are stored as "kernel_gains"
@@ -185,6 +187,8 @@ def _validate(fe: FrontEnd, where: str) -> None:
                          f"({d}, Fy, Fx, {e}, P, P) with P odd >= {k}")
     if fe.flat_field and fe.psfs.ndim != 6:
         raise ValueError(f"{where}: flat_field needs PSFs on a field grid (D, Fy, Fx, E, P, P)")
+    if fe.flat_field_max_gain is not None and not (math.isfinite(fe.flat_field_max_gain) and fe.flat_field_max_gain >= 1):
+        raise ValueError(f"{where}: flat_field_max_gain must be >= 1, got {fe.flat_field_max_gain}")
     for name, value in (("radius_m", fe.radius_m), ("psfs", fe.psfs), ("efficiency", fe.efficiency),
                         ("gains", fe.gains), ("targets", bank.targets), ("bias", bank.bias)):
         if not np.all(np.isfinite(np.asarray(value))):
@@ -193,7 +197,7 @@ def _validate(fe: FrontEnd, where: str) -> None:
 
 def save_frontend(path: str | Path, *, radius_m, psfs, object_distances_m, efficiency, gains, bank: KernelBank,
                   element_centers_m, system: OpticalSystem, info: dict | None = None,
-                  flat_field: bool = False) -> FrontEnd:
+                  flat_field: bool = False, flat_field_max_gain: float | None = None) -> FrontEnd:
     """Write ``frontend.npz`` atomically (no pickle) and return the :class:`FrontEnd` (as :func:`load_frontend`
     will read it back, except that its ``system`` is the one given).
 
@@ -206,13 +210,15 @@ def save_frontend(path: str | Path, *, radius_m, psfs, object_distances_m, effic
             conv geometry), on any device.
         element_centers_m: (E, 2) layout, metres. system: optics geometry. info: JSON-serialisable extras.
         flat_field: the electronics' flat-field correction (:class:`OptoConv1`; field-grid PSFs only).
+        flat_field_max_gain: the cap of its gain (None = no cap).
     """
     fe = FrontEnd(
         bank=_file_bank(bank), system=system, radius_m=_np(radius_m, np.float32), psfs=_np(psfs, np.float32),
         object_distances_m=distances_to_array(object_distances_m) if not isinstance(object_distances_m, np.ndarray)
         else object_distances_m.astype(np.float64),
         efficiency=_np(efficiency, np.float32), gains=_np(gains, np.float32),
-        element_centers_m=_np(element_centers_m, np.float64), info=dict(info or {}), flat_field=bool(flat_field))
+        element_centers_m=_np(element_centers_m, np.float64), info=dict(info or {}), flat_field=bool(flat_field),
+        flat_field_max_gain=None if flat_field_max_gain is None else float(flat_field_max_gain))
     _validate(fe, f"frontend '{path}'")
     own = {key: getattr(fe, key) for key in _OWN_ARRAYS}
     own.update({key: getattr(fe.bank, name).numpy() for key, (name, _) in _BANK_ARRAYS.items()})
@@ -225,6 +231,8 @@ def save_frontend(path: str | Path, *, radius_m, psfs, object_distances_m, effic
     arrays["format"] = np.array(FRONTEND_FORMAT)
     if fe.flat_field:
         arrays["flat_field"] = np.array(True)
+    if fe.flat_field_max_gain is not None:
+        arrays["flat_field_max_gain"] = np.array(fe.flat_field_max_gain)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -248,6 +256,7 @@ def load_frontend(path: str | Path) -> FrontEnd:
             geometry.update(n_superpixels=ints["n_superpixels"], aperture=str(data["aperture"]))
             info = json.loads(str(data["info_json"]))
             flat_field = bool(data["flat_field"]) if "flat_field" in data else False
+            max_gain = float(data["flat_field_max_gain"]) if "flat_field_max_gain" in data else None
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise ValueError(f"front-end file '{path}' cannot be read: {exc}") from exc
     psfs = arrays["psfs"]
@@ -257,6 +266,7 @@ def load_frontend(path: str | Path) -> FrontEnd:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"front-end file '{path}' holds an invalid optics geometry: {exc}") from exc
     fe = FrontEnd(bank=_bank_from_arrays(arrays, ints), system=system,
-                  info=info, flat_field=flat_field, **{key: arrays[key] for key in _OWN_ARRAYS})
+                  info=info, flat_field=flat_field, flat_field_max_gain=max_gain,
+                  **{key: arrays[key] for key in _OWN_ARRAYS})
     _validate(fe, f"front-end file '{path}'")
     return fe

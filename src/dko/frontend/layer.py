@@ -43,7 +43,9 @@ the whole field (the padded border too; object distance 0). It is applied after 
 noise where the light is weak). Noise-free, the corrected image is then a convex combination of scene values at every
 pixel (all PSFs are non-negative), a uniform scene is imaged as the centre's response everywhere, and where the
 field's light is weak the correction amplifies exactly what reaches the sensor (the tails of brighter nodes'
-PSFs included), not an interpolation of it. Without a field grid it does nothing.
+PSFs included), not an interpolation of it. ``flat_field_max_gain`` caps the factor ``1 / r_e`` (as a camera's
+processor limits its lens-shading gain: where the field is darker than ``1 / max_gain`` of the centre it stays
+darker, and its noise is amplified at most ``max_gain`` times); None = no cap. Without a field grid it does nothing.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class OptoConv1(nn.Module):
         sensor: optional :class:`SensorModel`; noise is added when ``noise=True`` in forward.
         trainable_gains: make the electronic gains and bias learnable parameters.
         flat_field: divide each element's sensor image by its relative response over the field (module docstring).
+        flat_field_max_gain: cap of that correction's gain (>= 1; None = no cap).
     Forward:
         x: raw input (B, C, H, W), intensity in [0, 1] (not normalised).
         depth_m: optional (B, H, W) depth map, metres, for depth-layered image formation; without
@@ -140,7 +143,8 @@ class OptoConv1(nn.Module):
     """
 
     def __init__(self, bank: KernelBank, psfs: torch.Tensor, object_distances_m: Sequence[float | None] | None = None,
-                 sensor: SensorModel | None = None, trainable_gains: bool = False, flat_field: bool = False):
+                 sensor: SensorModel | None = None, trainable_gains: bool = False, flat_field: bool = False,
+                 flat_field_max_gain: float | None = None):
         super().__init__()
         if psfs.ndim == 3:
             psfs = psfs[None]
@@ -165,6 +169,10 @@ class OptoConv1(nn.Module):
         self.register_buffer("field_psfs", psfs.to(dtype))
         self.register_buffer("psfs", centre_node(psfs).to(dtype))
         self.flat_field = bool(flat_field)
+        if flat_field_max_gain is not None and not (isinstance(flat_field_max_gain, (int, float))
+                                                    and math.isfinite(flat_field_max_gain) and flat_field_max_gain >= 1):
+            raise ValueError(f"flat_field_max_gain must be a number >= 1 or None, got {flat_field_max_gain!r}")
+        self.flat_field_max_gain = None if flat_field_max_gain is None else float(flat_field_max_gain)
         sums = self.field_psfs[0].sum(dim=(-2, -1))  # (Fy, Fx, E)
         centre_sum = self.psfs[0].sum(dim=(-2, -1))
         if self.flat_field and self.field_grid != (1, 1) and bool((centre_sum <= 0).any()):
@@ -225,7 +233,10 @@ class OptoConv1(nn.Module):
         if key not in self._flat_field_cache:
             centre = self.psfs[0].sum(dim=(-2, -1))  # (E,)
             response = self.uniform_response(h, w) / centre[:, None, None]
-            self._flat_field_cache = {key: 1.0 / response.clamp_min(torch.finfo(dtype).tiny)}
+            gain = 1.0 / response.clamp_min(torch.finfo(dtype).tiny)
+            if self.flat_field_max_gain is not None:
+                gain = gain.clamp_max(self.flat_field_max_gain)
+            self._flat_field_cache = {key: gain}
         return self._flat_field_cache[key]
 
     def _field_weights(self, h: int, w: int, device) -> torch.Tensor:
