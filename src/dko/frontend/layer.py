@@ -272,12 +272,13 @@ class OptoConv1(nn.Module):
                  for c, idx in enumerate(self._channel_elements()) if idx.numel()]
         return torch.cat(parts, dim=1)
 
-    def _patch_supports(self, h: int, w: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
-        """Per field node (row-major) the padded-input crop ``(r0, r1, c0, c1)`` that holds its overlap-add weight
-        (rounded out to the stride and extended by the PSF window) and the output block ``(i0, i1, j0, j1)`` the
-        crop's valid convolution fills: a node's patch is zero outside the cells next to it, so convolving the crop
-        gives the same sums as the whole image at about ``4 / (Fy Fx)`` of the cost."""
-        weights = field_weights(self.field_grid, (h, w), self._pads(h, w), torch.float64)
+    def _patch_supports(self, weights: torch.Tensor, h: int, w: int) \
+            -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+        """Per field node of the overlap-add ``weights`` (Fy * Fx, 1, Hp, Wp) of an H x W image the padded-input crop
+        ``(r0, r1, c0, c1)`` that holds its weight (rounded out to the stride and extended by the PSF window) and the
+        output block ``(i0, i1, j0, j1)`` the crop's valid convolution fills: a node's patch is zero outside the cells
+        next to it, so convolving the crop gives the same sums as the whole image at about ``4 / (Fy Fx)`` of the
+        cost."""
         h_out, w_out = self.output_size(h, w)
         win, s = self.psfs.shape[-1], self.stride
 
@@ -289,7 +290,7 @@ class OptoConv1(nn.Module):
             return i0 * s, (i1 - 1) * s + win, i0, i1
 
         out = []
-        for node in weights.reshape(-1, *weights.shape[-2:]):
+        for node in weights[:, 0]:
             r0, r1, i0, i1 = span(node.amax(dim=1) > 0, h_out)
             c0, c1, j0, j1 = span(node.amax(dim=0) > 0, w_out)
             out.append(((r0, r1, c0, c1), (i0, i1, j0, j1)))
@@ -308,7 +309,7 @@ class OptoConv1(nn.Module):
         patches = self._field_weights(h, w, xp.device).to(xp.dtype)
         h_out, w_out = self.output_size(h, w)
         out = xp.new_zeros(xp.shape[0], kernels.shape[1], h_out, w_out)
-        for f, ((r0, r1, c0, c1), (i0, i1, j0, j1)) in enumerate(self._patch_supports(h, w)):
+        for f, ((r0, r1, c0, c1), (i0, i1, j0, j1)) in enumerate(self._patch_supports(patches, h, w)):
             crop = xp[..., r0:r1, c0:c1] * patches[f, :, r0:r1, c0:c1]
             out[..., i0:i1, j0:j1] += self._channel_conv(crop, kernels[f])
         return out.index_select(1, inverse)
