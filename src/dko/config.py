@@ -279,6 +279,7 @@ class MetaAtomConfig:
     rcwa_order: int
     convergence_order_step: int
     convergence_radii: int
+    resonance_factor: float | None
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,9 @@ class FaithfulConfig:
     relative_illumination: bool
     flat_field: bool
     flat_field_max_gain: float | None
+    metaatom_model: str
+    table_radii: int
+    table_order: int | None
 
 
 @dataclass(frozen=True)

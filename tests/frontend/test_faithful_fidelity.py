@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from dko.config import config_from_dict
-from dko.frontend.faithful import (INCIDENCE_MODEL, LEDGER_COLUMNS, faithful_fidelity, field_angles_rad, flat_metrics,
-                                   read_gds_radii, write_faithful_fidelity)
+from dko.frontend.faithful import (LEDGER_COLUMNS, faithful_fidelity, field_angles_rad, flat_metrics,
+                                   oblique_table_settings, read_gds_radii, write_faithful_fidelity)
+from dko.optics.faithful import FaithfulNumerics, faithful_psf, fresnel_transmittance
+from dko.optics.oblique_table import build_oblique_table
 from dko.optics.metaatoms import MetaAtomLibrary
 from dko.optics.psf import OpticalSystem, psf_from_radii
 from dko.stage2 import fidelity_table
@@ -23,6 +25,7 @@ CHEAP_TERMS_OFF = {"route": "fft", "samples_per_superpixel": 1, "exact_pixels": 
 
 
 def _cfg(**faithful):
+    faithful.setdefault("metaatom_model", "normal_incidence")  # the oblique pillars: their own test below
     return config_from_dict({"optics": OPTICS, "data": {"height": 16, "width": 24},
                              "faithful": faithful}, check_paths=False)
 
@@ -122,7 +125,7 @@ def test_rule_outputs_summary_and_ledger(design, library, tmp_path):
     assert float(corner[0]["incidence_angle_deg"]) == pytest.approx(
         math.degrees(math.atan(math.hypot(math.tan(ax), math.tan(ay)))))
     assert float(corner[0]["fresnel_loss"]) > float(rows[0]["fresnel_loss"])  # oblique incidence reflects more
-    assert summary["incidence_model"] == INCIDENCE_MODEL == "normal-incidence table"
+    assert summary["metaatoms"]["metaatom_model"] == "normal_incidence"
     assert set(summary["by_field"]) == {"x0_y0", "x1_y1"}
     for entry in summary["by_field"].values():
         assert {"median_rel_l2", "median_cheap_rel_l2", "median_on_target", "median_psf_rel_diff", "lost"} <= set(entry)
@@ -130,9 +133,42 @@ def test_rule_outputs_summary_and_ledger(design, library, tmp_path):
                                       "outside_target", "other_elements"}
     assert summary["n_monochromatic_psfs"] == 2 * fe.n_elements and summary["wall_s"] > 0
     # 640 nm and 460 nm bands reach beyond the table's 460-640 nm at 1 sample: nothing held
-    assert summary["dispersion_model"]["held_samples_m"] == []
+    assert summary["metaatoms"]["held_wavelengths_m"] == []
     metrics = flat_metrics(summary)
     assert metrics["median_rel_l2_x1_y1"] == summary["by_field"]["x1_y1"]["median_rel_l2"]
     assert all(isinstance(v, float) for v in metrics.values())
     with pytest.raises(ValueError, match="faithful.window_px"):
         faithful_fidelity(_cfg(window_px=4), fe, library, np.zeros_like(fe.radius_m), progress=False)
+
+
+def test_oblique_pillars_unpolarised_light_and_the_ledger(design, library):
+    """faithful.metaatom_model oblique (a tiny order-2 table of this configuration): on axis each element's PSF is
+    faithful_psf of the table's normal-incidence transmission; at the corner the two input polarisations each pay
+    their own Fresnel loss, and every photon is still booked once."""
+    out, fe = design
+    system = fe.system
+    radii = read_gds_radii(out / "array.gds", fe.element_centers_m, system.n_superpixels, system.superpixel_m)
+    cfg = _cfg(metaatom_model="oblique", table_order=2, table_radii=6, field_positions=[[0.0, 0.0], [1.0, 1.0]],
+               spectral_samples=1, samples_per_superpixel=4, passband_fwhm_m=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="faithful.metaatom_model"):
+        faithful_fidelity(cfg, fe, library, radii, progress=False)
+    table = build_oblique_table(oblique_table_settings(cfg), check=False, progress=False)
+    rows, summary = faithful_fidelity(cfg, fe, library, radii, oblique=table, progress=False)
+    assert summary["metaatoms"]["metaatom_model"] == "oblique" and summary["metaatoms"]["order"] == 2
+    for r in rows:
+        assert sum(float(r[key]) for key in LEDGER_COLUMNS) == pytest.approx(1.0, abs=1e-6)
+    filled = torch.as_tensor(np.where(np.isnan(radii), fe.radius_m, radii))
+    e = 0
+    wl = float(fe.bank.wavelength_m[e])
+    t = table.components(filled[e:e + 1], wl, (0.0, 0.0))[0][1]
+    numerics = FaithfulNumerics(samples_per_superpixel=4, window_px=summary["window_px"])
+    direct = faithful_psf(t, wl, OpticalSystem.from_config(cfg.optics), numerics, (0.0, 0.0),
+                          summary["object_distance_m"])
+    assert rows[e]["efficiency"] == pytest.approx(float(direct.ledger["on_plane"][0]), rel=1e-5)
+    corner = [r for r in rows if float(r["field_x"]) == 1.0][e]
+    gamma = math.radians(float(corner["incidence_angle_deg"]))
+    fs, fp = (fresnel_transmittance(gamma, 1.0, cfg.metaatoms.substrate_index, pol) for pol in "sp")
+    assert float(corner["fresnel_loss"]) == pytest.approx(1 - (fs + fp) / 2, rel=1e-9)
+    normal = faithful_fidelity(dataclasses.replace(cfg, faithful=dataclasses.replace(
+        cfg.faithful, metaatom_model="normal_incidence")), fe, library, radii, progress=False)[0]
+    assert any(abs(float(a["rel_l2"]) - float(b["rel_l2"])) > 1e-3 for a, b in zip(rows, normal))

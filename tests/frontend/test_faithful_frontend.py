@@ -22,6 +22,7 @@ CHEAP_TERMS_OFF = {"route": "fft", "samples_per_superpixel": 1, "exact_pixels": 
 
 
 def _cfg(dko=None, **faithful):
+    faithful.setdefault("metaatom_model", "normal_incidence")  # the oblique pillars: their own test below
     return config_from_dict({"optics": OPTICS, "data": {"height": 48, "width": 72}, "faithful": faithful,
                              "dko": dko or {}}, check_paths=False)
 

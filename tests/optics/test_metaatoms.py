@@ -161,7 +161,10 @@ def test_settings_mismatch_triggers_rebuild_and_fresh_solve(tmp_path, lib):
     # default settings: the shipped table is copied without solving
     summary = prepare_library(base, tmp_path / "shipped")
     assert summary["reused_shipped_table"] == 1.0
-    assert (tmp_path / "shipped" / "library.npz").read_bytes() == default_library_path().read_bytes()
+    written = MetaAtomLibrary.load(tmp_path / "shipped" / "library.npz")
+    np.testing.assert_array_equal(written.table, MetaAtomLibrary.load(default_library_path()).table)
+    np.testing.assert_array_equal(written.excluded, lib.with_resonances_excluded(4.0).excluded)  # the default factor
+    assert written.settings["resonance_factor"] == 4.0 and not needs_rebuild(written.settings)
     assert (tmp_path / "shipped" / "library.png").stat().st_size > 0
     # different settings (tiny and fast): a fresh table is solved, saved and reported
     small = config_from_dict({"metaatoms": {"n_radii": 5, "rcwa_order": 1, "convergence_order_step": 1,
@@ -198,3 +201,31 @@ def test_config_rejects_bad_period_and_radius():
         config_from_dict({"metaatoms": {"radius_max_m": 1.5e-7}}, check_paths=False)
     with pytest.raises(ValueError, match=r"metaatoms\.radius_min_m"):
         config_from_dict({"metaatoms": {"radius_min_m": 1.2e-7, "radius_max_m": 1.0e-7}}, check_paths=False)
+
+
+def test_radii_near_resonances_are_kept_out_of_designs(tmp_path):
+    """metaatoms.resonance_factor: per wavelength the radii flag_resonances calls steep (and their neighbours) are
+    never picked by the reverse lookup, so the phase parametrisation (DKO and E2E) cannot use them."""
+    import math
+
+    from dko.optics.rcwa_oblique import flag_resonances
+
+    lib = MetaAtomLibrary.default()
+    ex = lib.with_resonances_excluded(4.0)
+    assert ex.excluded.any() and not lib.excluded.any()
+    for j, wl in enumerate(lib.wavelengths_m):
+        np.testing.assert_array_equal(ex.excluded[j], flag_resonances(lib.table[j][:, None], lib.radii_m,
+                                                                      gradient_factor=4.0))
+        phases = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)
+        radii = ex.radius_for_phase(phases, float(wl)).numpy()
+        step = lib.radii_m[1] - lib.radii_m[0]
+        nearest = np.rint((radii - lib.radii_m[0]) / step).astype(int)
+        assert not ex.excluded[j][nearest].any()
+        if ex.excluded[j].any():  # the unrestricted lookup does use them
+            free = np.rint((lib.radius_for_phase(phases, float(wl)).numpy() - lib.radii_m[0]) / step).astype(int)
+            assert ex.excluded[j][free].any()
+    assert not ex.with_resonances_excluded(None).excluded.any()
+    ex.save(tmp_path / "lib.npz")
+    np.testing.assert_array_equal(MetaAtomLibrary.load(tmp_path / "lib.npz").excluded, ex.excluded)
+    with pytest.raises(ValueError, match="leaves no radius"):
+        MetaAtomLibrary(lib.radii_m, lib.wavelengths_m, lib.table, excluded=np.ones(lib.table.shape, bool))

@@ -29,6 +29,7 @@ rule faithful_fidelity:
         gds=f"{EXP}/dko/array.gds",
         frontend=f"{EXP}/dko/frontend.npz",
         library=f"{EXP}/metaatoms/library.npz",
+        oblique=f"{EXP}/metaatoms/oblique.npz",
     output:
         fidelity=f"{EXP}/dko/fidelity_faithful.csv",
         summary=f"{EXP}/dko/fidelity_faithful_summary.json",
@@ -50,6 +51,7 @@ rule faithful_frontend:
         gds=f"{EXP}/{{design}}/array.gds",
         frontend=f"{EXP}/{{design}}/frontend.npz",
         library=f"{EXP}/metaatoms/library.npz",
+        oblique=f"{EXP}/metaatoms/oblique.npz",
     output:
         frontend=f"{EXP}/{{design}}/frontend_faithful.npz",
         summary=f"{EXP}/{{design}}/frontend_faithful.json",

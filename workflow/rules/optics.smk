@@ -18,4 +18,22 @@ rule metaatom_library:
         "../scripts/metaatom_library.py"
 
 
-TARGETS += [f"{EXP}/metaatoms/library.npz", f"{EXP}/metaatoms/library.png"]
+# The faithful model's table t(r, lambda, incidence direction, polarisation) (dko.optics.oblique_table): the shipped
+# one when the configuration's wavelengths, directions and physics are its own, otherwise solved (slow: the log says
+# how slow) with one process per thread.
+rule metaatom_oblique:
+    output:
+        table=f"{EXP}/metaatoms/oblique.npz",
+        report=f"{EXP}/metaatoms/oblique.json",
+    params:
+        config=JOB_CONFIG("metaatom_oblique"),
+    log:
+        f"{EXP}/logs/metaatom_oblique.log",
+    threads: lambda wc: CONF(wc)["threads"]
+    conda:
+        ENV
+    script:
+        "../scripts/metaatom_oblique.py"
+
+
+TARGETS += [f"{EXP}/metaatoms/library.npz", f"{EXP}/metaatoms/library.png", f"{EXP}/metaatoms/oblique.json"]

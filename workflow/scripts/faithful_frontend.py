@@ -3,13 +3,15 @@
 
 from dko.frontend.faithful_frontend import write_faithful_frontend
 from dko.optics.metaatoms import MetaAtomLibrary
+from dko.optics.oblique_table import ObliqueTable
 from dko.workflow import run_job
 
 
 def main(job):
     library = MetaAtomLibrary.load(job.input.library)
+    oblique = ObliqueTable.load(job.input.oblique)
     summary = write_faithful_frontend(job.cfg, job.input.frontend, job.input.gds, library, job.output.frontend,
-                                      job.output.summary, job.output.figure, device=job.device)
+                                      job.output.summary, job.output.figure, oblique=oblique, device=job.device)
     cvf = summary["cheap_vs_faithful"]
     metrics = {key: cvf[key] for key in ("median_psf_rel_diff", "max_psf_rel_diff", "median_gain_ratio")}
     metrics.update(wall_s=summary["wall_s"], n_monochromatic_psfs=summary["n_monochromatic_psfs"])

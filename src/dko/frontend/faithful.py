@@ -37,11 +37,14 @@ Rows (``fidelity_faithful.csv``, one per element and field position):
   over the common window (both in units of the incident light, the faithful one centred on its chief-ray pixel),
   ``kernel_rel_diff`` = the same for the sum-normalised k x k kernels.
 
-The meta-atom table is tabulated at normal incidence: off-axis field positions use it unchanged (summary
-``incidence_model: "normal-incidence table"``; the oblique table, :mod:`dko.optics.rcwa_oblique`, is future work).
-It holds the wavelengths ``optics.wavelengths_m`` only: inside their range it is interpolated
-(:meth:`MetaAtomLibrary.transmission`), beyond the shortest / longest one it is held at that wavelength's value
-(summary ``dispersion_model``, with the number of spectral samples it affected).
+The pillars (``faithful.metaatom_model``): ``oblique`` (default) takes every element's transmission from the faithful
+meta-atom table (:mod:`dko.optics.oblique_table`, rule ``metaatom_oblique``): the field position's own incidence
+direction, both input polarisations (unpolarised light: the PSF is the mean of the s and p inputs' PSFs, each the sum of
+its co- and cross-polarised outputs' intensities, each with its own Fresnel loss), every passband wavelength of the
+table exact, the fidelity's other passband samples interpolated between the channel's table wavelengths and held beyond
+its outermost ones (summary ``metaatoms``: the model, the table's convergence and radius-interpolation checks, the held
+wavelengths). ``normal_incidence`` (the term switched off) uses the cheap model's table at normal incidence for every
+field position, one polarisation, interpolated between its wavelengths ``optics.wavelengths_m`` and held beyond them.
 """
 
 from __future__ import annotations
@@ -66,12 +69,11 @@ from dko.optics.gds import TOP_CELL, read_array_cells
 from dko.optics.propagation import padded_size
 from dko.optics.psf import OpticalSystem, is_infinite_distance, psf_from_radii
 
-__all__ = ["INCIDENCE_MODEL", "LEDGER_COLUMNS", "read_gds_radii", "filled_radii", "field_angles_rad", "faithful_fidelity",
+__all__ = ["LEDGER_COLUMNS", "transmission_fn", "oblique_table_settings", "read_gds_radii", "filled_radii", "field_angles_rad", "faithful_fidelity",
            "flat_metrics", "plot_faithful_psfs", "write_faithful_fidelity"]
 
 log = logging.getLogger(__name__)
 
-INCIDENCE_MODEL = "normal-incidence table"
 LEDGER_COLUMNS = ("fresnel_loss", "metasurface_loss", "beyond_band", "evanescent", "band_limited_out", "on_target",
                   "outside_target", "other_elements", "gaps", "off_pixel_grid")
 """The ledger columns of a row: fractions of the incident light, summing to 1."""
@@ -152,6 +154,39 @@ def field_angles_rad(cfg, positions: Sequence[Sequence[float]] | None = None) ->
     return [(math.atan(float(u) * hx / zs), math.atan(float(v) * hy / zs)) for u, v in positions]
 
 
+def oblique_table_settings(cfg) -> dict:
+    """Settings of the faithful model's meta-atom table (:func:`dko.optics.oblique_table.oblique_settings`) for ``cfg``.
+
+    Directions: the field-grid nodes of the faithful front end and the fidelity positions; wavelengths: every
+    channel's centre (``optics.wavelengths_m``) and its image-formation passband samples
+    (``faithful.image_spectral_samples``); physics, radius range and Fourier order: ``metaatoms.*``;
+    ``faithful.table_radii`` radii and ``faithful.table_order`` (null: ``metaatoms.rcwa_order``); normal-vector
+    factorisation on the table's 256-point raster.
+    """
+    from dko.frontend.faithful_frontend import node_angles_rad
+    from dko.optics.faithful import spectral_samples
+    from dko.optics.metaatoms import GRID_POINTS
+    from dko.optics.oblique_table import oblique_settings
+
+    fc, m = cfg.faithful, cfg.metaatoms
+    centres = [float(w) for w in cfg.optics.wavelengths_m]
+    if len(fc.passband_fwhm_m) < len(centres):
+        raise ValueError(f"config key 'faithful.passband_fwhm_m' has {len(fc.passband_fwhm_m)} entries for "
+                         f"{len(centres)} wavelengths")
+    wls = []
+    for c, centre in enumerate(centres):
+        wls += spectral_samples(centre, float(fc.passband_fwhm_m[c]), int(fc.image_spectral_samples),
+                                fc.passband_shape)[0]
+    nodes = node_angles_rad(tuple(fc.field_grid), cfg.data.height, cfg.data.width, cfg.optics.pixel_pitch_m,
+                            cfg.optics.sensor_distance_m).reshape(-1, 2)
+    angles = [tuple(a) for a in nodes.tolist()] + list(field_angles_rad(cfg))
+    return oblique_settings(pillar_index=m.pillar_index, substrate_index=m.substrate_index,
+                            pillar_height_m=m.pillar_height_m, period_m=m.period_m, radius_min_m=m.radius_min_m,
+                            radius_max_m=m.radius_max_m, n_radii=fc.table_radii,
+                            order=m.rcwa_order if fc.table_order is None else fc.table_order,
+                            grid_points=GRID_POINTS, centres_m=centres, wavelengths_m=wls, field_angles_rad=angles)
+
+
 def _position_name(x: float, y: float) -> str:
     return f"x{x:g}_y{y:g}"
 
@@ -169,6 +204,36 @@ class _TableDispersion:
         if wl != float(wavelength_m):
             self.held.add(round(float(wavelength_m), 15))
         return self.library.transmission(radius_m, wl)
+
+
+def transmission_fn(cfg, table: _TableDispersion, oblique, radius: torch.Tensor):
+    """The faithful PSFs' :data:`dko.optics.faithful.TransmissionFn` of pillar radii (E, N, N) under
+    ``faithful.metaatom_model``: the oblique table's unpolarised components, or the cheap model's table."""
+    model = cfg.faithful.metaatom_model
+    if model == "oblique":
+        if oblique is None:
+            raise ValueError("config key 'faithful.metaatom_model' is oblique but no oblique meta-atom table was given "
+                             "(rule metaatom_oblique)")
+        return oblique.transmission_fn(radius)
+    if model == "normal_incidence":
+        return library_transmission_fn(table, radius)
+    raise ValueError(f"config key 'faithful.metaatom_model' must be oblique or normal_incidence, got {model!r}")
+
+
+def metaatom_model_summary(cfg, table: _TableDispersion, oblique) -> dict:
+    """What the faithful PSFs' pillars were: the model, and for the oblique table its checks and held wavelengths."""
+    if cfg.faithful.metaatom_model != "oblique" or oblique is None:
+        return {"metaatom_model": cfg.faithful.metaatom_model,
+                "table_wavelengths_m": [float(w) for w in table.library.wavelengths_m],
+                "held_wavelengths_m": sorted(table.held)}
+    return {"metaatom_model": "oblique", "factorisation": oblique.settings.get("factorisation"),
+            "order": oblique.settings.get("order"), "n_radii": int(oblique.radii_m.size),
+            "table_wavelengths_m": [float(w) for w in oblique.wavelengths_m],
+            "directions_deg": np.degrees(oblique.directions).round(4).tolist(),
+            "cross_power_max": oblique.cross_power_max(),
+            "convergence": oblique.report.get("convergence", {}).get("overall"),
+            "interpolation": oblique.report.get("interpolation", {}).get("overall"),
+            "held_wavelengths_m": sorted(oblique.held)}
 
 
 def _check_geometry(frontend: FrontEnd, system: OpticalSystem) -> None:
@@ -195,7 +260,8 @@ def filled_radii(frontend: FrontEnd, system: OpticalSystem, radii) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------- the simulation
-def _simulate(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu", progress: bool = True) -> dict:
+def _simulate(cfg, frontend: FrontEnd, library, radii, *, oblique=None, device: Any = "cpu",
+              progress: bool = True) -> dict:
     """Faithful band PSFs (F, E, W, W), ledgers, the cheap PSFs and everything the rows and summary need."""
     from tqdm import tqdm
 
@@ -245,7 +311,7 @@ def _simulate(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu", p
         for f, angle in enumerate(angles):
             t0 = time.perf_counter()
             for idx in chunks[c]:
-                fn = library_transmission_fn(table, radius[idx.to(radius.device)])
+                fn = transmission_fn(cfg, table, oblique, radius[idx.to(radius.device)])
                 psf, info = band_psf(fn, system, numerics, centre_m, fwhm_m, shape=fc.passband_shape,
                                      n_samples=fc.spectral_samples, field_angle_rad=angle, object_distance_m=distance)
                 psfs[f, idx] = psf.double().cpu()
@@ -272,7 +338,8 @@ def _simulate(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu", p
             cheap_eff.append(eff.double().cpu())
     return dict(psfs=psfs, ledger=ledger, cheap=torch.cat(cheap), cheap_eff=torch.cat(cheap_eff), window=window,
                 w_loss=w_loss, positions=positions, angles=angles, distance=distance, pitch=pitch, numerics=numerics,
-                system=system, channels=channel_info, centre_px=centre_px, table=table, n_psfs=n_psfs, wall_s=wall_s, cpu_s=cpu_s)
+                system=system, channels=channel_info, centre_px=centre_px, table=table, n_psfs=n_psfs,
+                metaatoms=metaatom_model_summary(cfg, table, oblique), wall_s=wall_s, cpu_s=cpu_s)
 
 
 def _rows_and_summary(cfg, frontend: FrontEnd, sim: dict) -> tuple[list[dict], dict]:
@@ -354,11 +421,7 @@ def _summary(cfg, frontend: FrontEnd, sim: dict, rows: list[dict]) -> dict:
         "element_pitch_m": sim["pitch"], "route": numerics.route, "fresnel": numerics.fresnel,
         "exact_pixels": numerics.exact_pixels, "pad_factor": pad,
         "plane_m": padded_size(system.n_superpixels, pad) * system.superpixel_m,
-        "incidence_model": INCIDENCE_MODEL,
-        "dispersion_model": {"table_wavelengths_m": [float(w) for w in sim["table"].library.wavelengths_m],
-                             "between": "interpolated (amplitude linear, phase along the shorter arc)",
-                             "beyond": f"held at the table's value at {lo:.4g} m / {hi:.4g} m",
-                             "held_samples_m": sorted(sim["table"].held), "n_samples_m": len(samples)},
+        "metaatoms": {**sim["metaatoms"], "held_wavelengths_m": sorted(sim["metaatoms"]["held_wavelengths_m"])},
         "channels": sim["channels"], "field_positions": fields, "by_field": by_field,
         "cheap_model": {"model": "dko.optics.psf.psf_from_radii (optics.* numerics, on axis, passband centre)",
                         "median_rel_l2": _median(rows[:frontend.n_elements], "cheap_rel_l2"),
@@ -368,7 +431,7 @@ def _summary(cfg, frontend: FrontEnd, sim: dict, rows: list[dict]) -> dict:
     }
 
 
-def faithful_fidelity(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu",
+def faithful_fidelity(cfg, frontend: FrontEnd, library, radii, *, oblique=None, device: Any = "cpu",
                       progress: bool = True) -> tuple[list[dict], dict]:
     """The final design in the faithful model, per element and field position (module docstring).
 
@@ -376,15 +439,17 @@ def faithful_fidelity(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
         cfg: :class:`dko.config.Config` (reads ``faithful.*``, ``optics.*`` but the wavelengths, ``data.height``,
             ``data.width``, ``dko.window_factor``, ``dko.element_pitch_m``, ``metaatoms.substrate_index``).
         frontend: the assembled front end (its bank: targets, wavelengths; its layout).
-        library: :class:`dko.optics.metaatoms.MetaAtomLibrary`.
+        library: :class:`dko.optics.metaatoms.MetaAtomLibrary` (the cheap model; the faithful pillars with
+            ``faithful.metaatom_model: normal_incidence``).
         radii: float (E, N, N) pillar radii, metres (:func:`read_gds_radii`; NaN outside the aperture).
+        oblique: :class:`dko.optics.oblique_table.ObliqueTable` (``faithful.metaatom_model: oblique``).
         device: torch device of the simulation.
     Returns:
         (rows: one dict per element and field position, field-major; summary: settings, per field position the
         medians of the faithful and cheap kernel error, the light on target and the light lost per category, the
         time taken).
     """
-    sim = _simulate(cfg, frontend, library, radii, device=device, progress=progress)
+    sim = _simulate(cfg, frontend, library, radii, oblique=oblique, device=device, progress=progress)
     return _rows_and_summary(cfg, frontend, sim)
 
 
@@ -453,7 +518,7 @@ def _figure(frontend: FrontEnd, sim: dict, rows: list[dict], out_png: str | Path
 
 # ----------------------------------------------------------------------------- the rule's work
 def write_faithful_fidelity(cfg, frontend_path: str | Path, gds_path: str | Path, library, csv_path: str | Path,
-                            summary_path: str | Path, figure_path: str | Path, *, device: Any = "cpu",
+                            summary_path: str | Path, figure_path: str | Path, *, oblique=None, device: Any = "cpu",
                             progress: bool = True) -> dict:
     """Rule ``faithful_fidelity``: the radii of ``gds_path`` (:func:`read_gds_radii`) re-simulated
     (:func:`faithful_fidelity`); writes the rows (CSV), the summary (JSON) and the figure (PNG). Returns the summary."""
@@ -462,7 +527,7 @@ def write_faithful_fidelity(cfg, frontend_path: str | Path, gds_path: str | Path
     t0 = time.perf_counter()
     radii = read_gds_radii(gds_path, frontend.element_centers_m, system.n_superpixels, system.superpixel_m)
     read_s = time.perf_counter() - t0
-    sim = _simulate(cfg, frontend, library, radii, device=device, progress=progress)
+    sim = _simulate(cfg, frontend, library, radii, oblique=oblique, device=device, progress=progress)
     rows, summary = _rows_and_summary(cfg, frontend, sim)
     summary["gds_read_s"] = read_s
     write_csv(csv_path, rows)

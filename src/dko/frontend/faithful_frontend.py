@@ -14,8 +14,9 @@ What it holds (a ``frontend.npz``, :mod:`dko.frontend.file`, with PSFs on a fiel
   pixels (the PSF window then sits on the pixel grid), gives the field angles ``atan(offset p / z_s)``; sensor
   x = image columns, sensor y = image rows (the orientation of the PSF arrays). Each node's PSF is the faithful
   band-integrated PSF (:func:`dko.optics.faithful.band_psf`: resolved superpixels, exact pixels, Fresnel loss, the
-  colour filter's passband with ``faithful.image_spectral_samples`` wavelengths and the table's dispersion, the
-  field angle) in a window of ``faithful.image_window_px`` pixels centred on the chief-ray pixel, times the
+  colour filter's passband with ``faithful.image_spectral_samples`` wavelengths, the pillars' response to the node's
+  incidence direction and wavelength for unpolarised light (``faithful.metaatom_model``, :mod:`dko.optics.oblique_table`),
+  the field angle) in a window of ``faithful.image_window_px`` pixels centred on the chief-ray pixel, times the
   relative illumination ``cos^4`` of the node (:func:`dko.optics.faithful.relative_illumination`;
   ``faithful.relative_illumination``). The layer blends the nodes bilinearly (overlap-add,
   :class:`dko.frontend.layer.OptoConv1`). One object distance: the design distance (index 0 of the front end).
@@ -47,11 +48,12 @@ import torch
 
 from dko.dko import center_window
 from dko.frontend.design import GAIN_CALIBRATIONS, element_pitch_m
-from dko.frontend.faithful import _TableDispersion, _check_geometry, filled_radii, read_gds_radii
+from dko.frontend.faithful import (_TableDispersion, _check_geometry, filled_radii, metaatom_model_summary,
+                                   read_gds_radii, transmission_fn)
 from dko.frontend.file import FrontEnd, load_frontend, save_frontend
 from dko.frontend.layer import centre_node
 from dko.io import write_json
-from dko.optics.faithful import FaithfulNumerics, band_psf, library_transmission_fn, relative_illumination
+from dko.optics.faithful import FaithfulNumerics, band_psf, relative_illumination
 from dko.optics.psf import OpticalSystem
 
 __all__ = ["node_offsets_px", "node_angles_rad", "calibration_sums", "faithful_frontend", "write_faithful_frontend",
@@ -98,7 +100,7 @@ def calibration_sums(psf: torch.Tensor, kernel_size: int, mode: str) -> torch.Te
     return region.sum(dim=(-2, -1))
 
 
-def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = "cpu",
+def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, oblique=None, device: Any = "cpu",
                       progress: bool = True) -> tuple[dict, dict]:
     """The faithful front end of a design (module docstring).
 
@@ -106,7 +108,9 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
         cfg: :class:`dko.config.Config` (reads ``faithful.*``, ``optics.*`` but the wavelengths, ``data.height``,
             ``data.width``, ``dko.element_pitch_m``, ``dko.gain_calibration``, ``metaatoms.substrate_index``).
         frontend: the design's front end as optimised (its bank, layout, cheap PSFs and gains).
-        library: :class:`dko.optics.metaatoms.MetaAtomLibrary` (the pillars' dispersion).
+        library: :class:`dko.optics.metaatoms.MetaAtomLibrary` (the cheap model's table: the pillars with
+            ``faithful.metaatom_model: normal_incidence``).
+        oblique: :class:`dko.optics.oblique_table.ObliqueTable` (the pillars with ``metaatom_model: oblique``).
         radii: float (E, N, N) pillar radii, metres, NaN outside the aperture (:func:`read_gds_radii`).
         device: torch device of the simulation.
     Returns:
@@ -154,7 +158,7 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
                 ri = relative_illumination(gamma) if fc.relative_illumination else 1.0
                 illumination[i, j] = ri
                 for idx in chunks[c]:
-                    fn = library_transmission_fn(table, radius[idx.to(radius.device)])
+                    fn = transmission_fn(cfg, table, oblique, radius[idx.to(radius.device)])
                     psf, info = band_psf(fn, system, numerics, centre_m, fwhm_m, shape=fc.passband_shape,
                                          n_samples=fc.image_spectral_samples, field_angle_rad=angle,
                                          object_distance_m=distance)
@@ -206,7 +210,7 @@ def faithful_frontend(cfg, frontend: FrontEnd, library, radii, *, device: Any = 
         "flat_field_max_gain": fc.flat_field_max_gain,
         "relative_illumination": bool(fc.relative_illumination), "route": numerics.route,
         "exact_pixels": numerics.exact_pixels, "fresnel": numerics.fresnel, "gain_calibration": mode,
-        "incidence_model": "normal-incidence table", "held_wavelengths_m": sorted(table.held),
+        "metaatoms": metaatom_model_summary(cfg, table, oblique),
         "cheap_vs_faithful": {
             "median_psf_rel_diff": float(psf_diff.median()), "max_psf_rel_diff": float(psf_diff.max()),
             "median_gain_ratio": float(ratio.median()), "min_gain_ratio": float(ratio.min()),
@@ -253,14 +257,15 @@ def plot_psf_field_map(psfs: np.ndarray, angles_rad: np.ndarray, elements: list[
 
 
 def write_faithful_frontend(cfg, frontend_path: str | Path, gds_path: str | Path, library, out_path: str | Path,
-                            summary_path: str | Path, figure_path: str | Path, *, device: Any = "cpu",
+                            summary_path: str | Path, figure_path: str | Path, *, oblique=None, device: Any = "cpu",
                             progress: bool = True) -> dict:
     """Rule ``faithful_frontend``: the radii of ``gds_path`` -> :func:`faithful_frontend` -> ``out_path``
     (``frontend_faithful.npz``), the summary (JSON) and the PSF field map (PNG). Returns the summary."""
     frontend = load_frontend(frontend_path)
     system = frontend.system
     radii = read_gds_radii(gds_path, frontend.element_centers_m, system.n_superpixels, system.superpixel_m)
-    arrays, summary = faithful_frontend(cfg, frontend, library, radii, device=device, progress=progress)
+    arrays, summary = faithful_frontend(cfg, frontend, library, radii, oblique=oblique, device=device,
+                                        progress=progress)
     save_frontend(out_path, **arrays)
     write_json(summary_path, summary)
     bank = frontend.bank

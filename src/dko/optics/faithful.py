@@ -102,13 +102,16 @@ __all__ = [
     "converge_samples_per_superpixel",
     "spectral_samples",
     "band_psf",
+    "incoherent_psf",
     "window_for_fraction",
     "rayleigh_sommerfeld_staircase",
     "library_transmission_fn",
 ]
 
-TransmissionFn = Callable[[float, float], torch.Tensor]
-"""``transmission(wavelength_m, incidence_angle_rad) -> complex (E, N, N)`` superpixel transmissions."""
+TransmissionFn = Callable[[float, tuple], "torch.Tensor | list[tuple[float, torch.Tensor, str | None]]"]
+"""``transmission(wavelength_m, field_angle_rad) -> complex (E, N, N)`` superpixel transmissions (one coherent field,
+unpolarised Fresnel), or a list of incoherent components ``[(weight, complex (E, N, N), input polarisation)]``
+(:func:`incoherent_psf`; e.g. :meth:`dko.optics.oblique_table.ObliqueTable.components`)."""
 
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
@@ -221,14 +224,17 @@ def relative_illumination(incidence_angle_rad: float) -> float:
     return math.cos(float(incidence_angle_rad)) ** 4
 
 
-def fresnel_transmittance(angle_rad: float, n1: float = 1.0, n2: float = 1.46) -> float:
-    """Unpolarised power transmittance ``1 - (R_s + R_p) / 2`` of a flat n1 -> n2 interface at ``angle_rad``.
+def fresnel_transmittance(angle_rad: float, n1: float = 1.0, n2: float = 1.46, polarisation: str | None = None) -> float:
+    """Power transmittance of a flat n1 -> n2 interface at ``angle_rad``: ``1 - R_s``, ``1 - R_p`` or unpolarised.
 
-    Normal incidence: ``1 - ((n2 - n1) / (n2 + n1))^2`` (0.96503 for air -> 1.46). Total internal reflection
+    ``polarisation``: ``"s"``, ``"p"`` or None (unpolarised, ``1 - (R_s + R_p) / 2``). Normal incidence:
+    ``1 - ((n2 - n1) / (n2 + n1))^2`` (0.96503 for air -> 1.46) for all three. Total internal reflection
     (n1 > n2 past the critical angle) gives 0.
     """
     if not (0 <= angle_rad < math.pi / 2):
         raise ValueError(f"incidence angle must be in [0, pi/2) radians, got {angle_rad}")
+    if polarisation not in (None, "s", "p"):
+        raise ValueError(f"polarisation must be 's', 'p' or None (unpolarised), got {polarisation!r}")
     ci = math.cos(angle_rad)
     st = n1 / n2 * math.sin(angle_rad)
     if st >= 1:
@@ -236,6 +242,10 @@ def fresnel_transmittance(angle_rad: float, n1: float = 1.0, n2: float = 1.46) -
     ct = math.sqrt(1 - st * st)
     rs = ((n1 * ci - n2 * ct) / (n1 * ci + n2 * ct)) ** 2
     rp = ((n1 * ct - n2 * ci) / (n1 * ct + n2 * ci)) ** 2
+    if polarisation == "s":
+        return 1.0 - rs
+    if polarisation == "p":
+        return 1.0 - rp
     return 1.0 - 0.5 * (rs + rp)
 
 
@@ -475,7 +485,8 @@ def _exact_kernel(big: int, n_pad: int, m: int, superpixel_m: float, wavelength_
     return kernel, folded
 
 
-def _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m, centre_m):
+def _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m, centre_m,
+           polarisation=None):
     """Everything the batches share: values (E, N, N) complex128, illumination, grids, powers (see faithful_field)."""
     t = _prepare(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m)
     m, n_pad = _resolve(system, numerics, wavelength_m)
@@ -489,7 +500,7 @@ def _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object
         centre_m = (round(chief[0] / p) * p, round(chief[1] / p) * p)
     _, _, uz = _direction(field_angle_rad)
     gamma = math.acos(min(1.0, uz))
-    fres = fresnel_transmittance(gamma, 1.0, numerics.substrate_index) if numerics.fresnel else 1.0
+    fres = fresnel_transmittance(gamma, 1.0, numerics.substrate_index, polarisation) if numerics.fresnel else 1.0
     mask = system.superpixel_aperture_mask(t.device).to(torch.float64)
     info = dict(m=m, n_pad=n_pad, dx=dx, big=big, chief=chief, centre=tuple(centre_m), gamma=gamma, fresnel=fres)
     if numerics.route == "exact":
@@ -602,7 +613,7 @@ def _area_masks(n_px: int, centre_px: tuple[int, int], pixel_m: float, numerics:
 
 def faithful_psf(transmission: torch.Tensor, wavelength_m: float, system: OpticalSystem,
                  numerics: FaithfulNumerics = FaithfulNumerics(), field_angle_rad: tuple[float, float] = (0.0, 0.0),
-                 object_distance_m: float | None = None) -> FaithfulPSF:
+                 object_distance_m: float | None = None, polarisation: str | None = None) -> FaithfulPSF:
     """Faithful PSFs of E elements at one wavelength and one field position (module docstring).
 
     Args:
@@ -614,10 +625,14 @@ def faithful_psf(transmission: torch.Tensor, wavelength_m: float, system: Optica
         numerics: :class:`FaithfulNumerics`.
         field_angle_rad: (theta_x, theta_y) radians; the chief ray lands at z_s (tan theta_x, tan theta_y).
         object_distance_m: z_o (metres, along the axis); None / inf = infinity.
+        polarisation: the input polarisation whose Fresnel transmittance applies (``"s"`` / ``"p"`` relative to the
+            plane of incidence; None = unpolarised). ``transmission`` is then that polarisation's (co- or
+            cross-polarised) output: :func:`incoherent_psf` sums such components.
     Returns:
         :class:`FaithfulPSF` (float64 psf / image / ledger; an (N, N) input still gives E = 1).
     """
-    info = _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m, None)
+    info = _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m, None,
+                  polarisation)
     device = info["values"].device
     p = system.pixel_pitch_m
     big, dx = info["big"], info["dx"]
@@ -678,6 +693,54 @@ def faithful_psf(transmission: torch.Tensor, wavelength_m: float, system: Optica
 
 
 # ----------------------------------------------------------------------------- convergence, colour, windows
+_INPUT_KEYS = ("incident", "fresnel_loss")
+
+
+def incoherent_psf(components, wavelength_m: float, system: OpticalSystem,
+                   numerics: FaithfulNumerics = FaithfulNumerics(), field_angle_rad: tuple[float, float] = (0.0, 0.0),
+                   object_distance_m: float | None = None) -> FaithfulPSF:
+    """The PSF of mutually incoherent fields: ``sum_k w_k PSF_k`` (e.g. unpolarised light, DESIGN.md section 3).
+
+    Args:
+        components: a complex (E, N, N) tensor (one coherent field, unpolarised Fresnel: :func:`faithful_psf`
+            itself) or ``[(weight, complex (E, N, N), input polarisation "s" / "p" / None)]``: each input
+            polarisation's output fields (co- and cross-polarised) with the input's weight (1/2 each for
+            unpolarised light). The components of one input must share its weight.
+        the rest: as :func:`faithful_psf`.
+    Returns:
+        :class:`FaithfulPSF` whose psf, image and output-side ledger entries are the weighted sums; the input-side
+        entries (``incident``, ``fresnel_loss``) count each input polarisation once, and ``metasurface_loss`` is
+        what is neither reflected at the interface nor transmitted (the ledger still balances).
+    """
+    if isinstance(components, torch.Tensor):
+        return faithful_psf(components, wavelength_m, system, numerics, field_angle_rad, object_distance_m)
+    comps = list(components)
+    if not comps:
+        raise ValueError("incoherent_psf needs at least one component")
+    inputs: dict = {}
+    for w, _, pol in comps:
+        if not (isinstance(w, (int, float)) and w > 0):
+            raise ValueError(f"incoherent_psf: component weights must be positive numbers, got {w!r}")
+        if inputs.setdefault(pol, float(w)) != float(w):
+            raise ValueError(f"incoherent_psf: the components of input polarisation {pol!r} have different weights")
+    if abs(sum(inputs.values()) - 1.0) > 1e-9:
+        raise ValueError(f"incoherent_psf: the input polarisations' weights {inputs} must sum to 1")
+    results = [(float(w), pol, faithful_psf(t, wavelength_m, system, numerics, field_angle_rad, object_distance_m,
+                                            polarisation=pol)) for w, t, pol in comps]
+    if len(results) == 1:
+        return results[0][2]
+    first = results[0][2]
+    ledger = {k: sum(w * r.ledger[k] for w, _, r in results) for k in first.ledger if k not in _INPUT_KEYS}
+    seen: dict = {}
+    for w, pol, r in results:
+        seen.setdefault(pol, (w, r))
+    for k in _INPUT_KEYS:
+        ledger[k] = sum(w * r.ledger[k] for w, r in seen.values())
+    ledger["metasurface_loss"] = ledger["incident"] - ledger["fresnel_loss"] - ledger["transmitted"]
+    return replace(first, psf=sum(w * r.psf for w, _, r in results), image=sum(w * r.image for w, _, r in results),
+                   ledger=ledger)
+
+
 def converge_samples_per_superpixel(transmission: torch.Tensor, wavelength_m: float, system: OpticalSystem,
                                     numerics: FaithfulNumerics = FaithfulNumerics(), *, start: int | None = None,
                                     tol: float = 0.01, max_m: int = 64,
@@ -736,7 +799,8 @@ def band_psf(transmission_fn: TransmissionFn, system: OpticalSystem, numerics: F
     """Band-integrated PSF ``sum_j w_j PSF(lambda_j)`` over a passband (dispersion through ``transmission_fn``).
 
     Args:
-        transmission_fn: ``(wavelength_m, incidence_angle_rad) -> complex (E, N, N)``.
+        transmission_fn: :data:`TransmissionFn` ``(wavelength_m, field_angle_rad) -> complex (E, N, N)`` or its
+            incoherent components.
         centre_m, fwhm_m, shape: passband (:func:`spectral_samples`).
         n_samples: spectral samples; None = 1 for zero bandwidth, else 3, 9, 27, ... (tripling nests the midpoints,
             so every monochromatic PSF is reused) until the window changes by < ``tol`` (relative L2, worst element).
@@ -745,8 +809,6 @@ def band_psf(transmission_fn: TransmissionFn, system: OpticalSystem, numerics: F
         (psf float64 (E, W, W), info dict: wavelengths_m, weights, n_samples, history [(n, change)], ledger
         (band-weighted), centre_px, offset_m).
     """
-    _, _, uz = _direction(field_angle_rad)
-    gamma = math.acos(min(1.0, uz))
     span = fwhm_m if shape == "flat" else 3 * fwhm_m
     if numerics.samples_per_superpixel is None:
         numerics = replace(numerics, samples_per_superpixel=auto_samples_per_superpixel(
@@ -756,8 +818,8 @@ def band_psf(transmission_fn: TransmissionFn, system: OpticalSystem, numerics: F
     def mono(wl):
         wl = round(wl, 15)  # nested midpoints agree to rounding
         if wl not in cache:
-            cache[wl] = faithful_psf(transmission_fn(wl, gamma), wl, system, numerics, field_angle_rad,
-                                     object_distance_m)
+            cache[wl] = incoherent_psf(transmission_fn(wl, tuple(field_angle_rad)), wl, system, numerics,
+                                       field_angle_rad, object_distance_m)
         return cache[wl]
 
     def integrate(n):
@@ -817,11 +879,12 @@ def library_transmission_fn(library, radius_m: torch.Tensor) -> TransmissionFn:
     """:data:`TransmissionFn` of pillar radii (E, N, N) metres through a meta-atom library (its dispersion).
 
     ``library.transmission(radius, wavelength)`` (:class:`dko.optics.metaatoms.MetaAtomLibrary`) is tabulated at
-    normal incidence: the incidence angle is accepted and not used (state it when reporting off-axis PSFs).
+    normal incidence: the field angle is accepted and not used (``faithful.metaatom_model: normal_incidence``;
+    :func:`dko.optics.oblique_table.oblique_transmission_fn` is the oblique, polarisation-resolved table).
     """
     radius = radius_m[None] if radius_m.ndim == 2 else radius_m
 
-    def fn(wavelength_m: float, incidence_angle_rad: float) -> torch.Tensor:
+    def fn(wavelength_m: float, field_angle_rad: tuple[float, float]) -> torch.Tensor:
         with torch.no_grad():
             return library.transmission(radius, wavelength_m)
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -241,7 +240,7 @@ class MetaAtomLibrary:
     """
 
     def __init__(self, radii_m: np.ndarray, wavelengths_m: np.ndarray, transmission: np.ndarray,
-                 settings: Mapping | None = None):
+                 settings: Mapping | None = None, excluded: np.ndarray | None = None):
         radii = np.asarray(radii_m, dtype=np.float64).reshape(-1)
         wls = np.asarray(wavelengths_m, dtype=np.float64).reshape(-1)
         table = np.asarray(transmission, dtype=np.complex128)
@@ -261,6 +260,14 @@ class MetaAtomLibrary:
         self.wavelengths_m = wls[order]
         self.table = table[order]
         self.settings = dict(settings or {})
+        if excluded is None:
+            excluded = np.zeros(table.shape, dtype=bool)
+        excluded = np.asarray(excluded, dtype=bool)
+        if excluded.shape != table.shape:
+            raise ValueError(f"meta-atom table 'excluded' has shape {excluded.shape}, expected {table.shape}")
+        if excluded.all(axis=1).any():
+            raise ValueError("meta-atom table 'excluded' leaves no radius at some wavelength")
+        self.excluded = excluded[order]
         self._cache: dict = {}
 
     # the (L, R) array under the name of the brief's attribute, distinct from the lookup method
@@ -304,7 +311,8 @@ class MetaAtomLibrary:
                 if missing:
                     raise ValueError(f"meta-atom table '{path}' lacks array(s) {missing}")
                 settings = json.loads(str(data["settings_json"]))
-                return cls(data["radii_m"], data["wavelengths_m"], data["transmission"], settings)
+                excluded = data["excluded"] if "excluded" in data else None
+                return cls(data["radii_m"], data["wavelengths_m"], data["transmission"], settings, excluded)
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"meta-atom table '{path}' cannot be read: {exc}") from exc
 
@@ -315,7 +323,37 @@ class MetaAtomLibrary:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, radii_m=self.radii_m, wavelengths_m=self.wavelengths_m, transmission=self.table,
-                         settings_json=np.array(json.dumps(self.settings, sort_keys=True)))
+                         settings_json=np.array(json.dumps(self.settings, sort_keys=True)), excluded=self.excluded)
+
+    # ------------------------------------------------------------------ radii kept out of designs
+    def with_resonances_excluded(self, gradient_factor: float | None, margin: int = 1) -> "MetaAtomLibrary":
+        """A copy whose reverse lookup (:meth:`design_for_phase`, hence the phase parametrisation of DKO and E2E)
+        never picks radii near a resonance of the element's own wavelength.
+
+        Per table wavelength, :func:`dko.optics.rcwa_oblique.flag_resonances` (``steep``: ``|dt/dr|`` above
+        ``gradient_factor`` times the median, widened by ``margin`` table radii): there t changes fast, so the
+        interpolant's error, the factorisation's error and any fabrication error in r are amplified. None = no
+        exclusion (the mask is cleared).
+        """
+        from dko.optics.rcwa_oblique import flag_resonances
+
+        excluded = np.zeros(self.table.shape, dtype=bool)
+        if gradient_factor is not None:
+            for j in range(self.wavelengths_m.size):
+                excluded[j] = flag_resonances(self.table[j][:, None], self.radii_m, gradient_factor=gradient_factor,
+                                              margin=margin)
+        return MetaAtomLibrary(self.radii_m, self.wavelengths_m, self.table,
+                               dict(self.settings, resonance_factor=gradient_factor), excluded)
+
+    def _allowed(self, wavelength_m: float, radii: np.ndarray) -> np.ndarray:
+        """bool (n,): radii whose nearest table radius is not excluded at ``wavelength_m`` (between two table
+        wavelengths: at neither)."""
+        step = (self.radius_max_m - self.radius_min_m) / (self.radii_m.size - 1)
+        nearest = np.clip(np.rint((radii - self.radius_min_m) / step).astype(int), 0, self.radii_m.size - 1)
+        mask = np.zeros(self.radii_m.size, dtype=bool)
+        for j, _ in self._wavelength_weights(wavelength_m):
+            mask |= self.excluded[j]
+        return ~mask[nearest]
 
     # ------------------------------------------------------------------ design variable
     def radius_from_design(self, p: torch.Tensor) -> torch.Tensor:
@@ -431,7 +469,8 @@ class MetaAtomLibrary:
     def design_for_phase(self, phase: torch.Tensor, wavelength_m: float, n_bins: int = 4096) -> torch.Tensor:
         """Design variable whose transmission best realises ``exp(i phase)`` (reverse lookup).
 
-        Picks, among 4096 radii sampled from the interpolant, the one minimising ``|t(r) - exp(i phase)|``:
+        Picks, among 4096 radii sampled from the interpolant (less those :meth:`with_resonances_excluded` keeps
+        out of designs), the one minimising ``|t(r) - exp(i phase)|``:
         the phase closest mod 2 pi, trading phase error against amplitude (a candidate with |t| = a and
         exact phase is beaten only by one whose phase error is below ``asin(1 - a)``, so where an exact
         candidate with high |t| exists the phase error is small). Target phases are quantised to
@@ -447,6 +486,8 @@ class MetaAtomLibrary:
         key = ("lut", float(wavelength_m), n_bins)
         if key not in self._cache:
             radii, t = self._dense(wavelength_m)
+            allowed = self._allowed(wavelength_m, radii)
+            radii, t = radii[allowed], t[allowed]
             targets = np.exp(1j * 2 * np.pi * np.arange(n_bins) / n_bins)
             best = np.empty(n_bins, dtype=np.int64)
             for start in range(0, n_bins, 512):
@@ -703,14 +744,19 @@ def prepare_library(cfg: Any, out_dir: str | Path, *, device: torch.device | str
         lib = MetaAtomLibrary.default()
         stored = read_json(default_report_path())
         report = dict(stored["convergence"], reused_from=str(default_library_path()))
-        with atomic_path(out_dir / "library.npz") as tmp:
-            shutil.copyfile(default_library_path(), tmp)
     else:
         log.info("meta-atom settings differ from the shipped table's: solving a fresh table")
         lib, report = build_library(cfg.metaatoms, cfg.optics.wavelengths_m, device=device)
-        lib.save(out_dir / "library.npz")
+    lib = lib.with_resonances_excluded(cfg.metaatoms.resonance_factor)
+    lib.save(out_dir / "library.npz")
     seconds = time.perf_counter() - t0
     summary = _summary(lib, report, seconds, reused)
+    for j, wl in enumerate(lib.wavelengths_m):
+        nm = f"{wl * 1e9:.0f}nm"
+        summary[f"excluded_radii_{nm}"] = int(lib.excluded[j].sum())
+        log.info("meta-atom table at %s: %d of %d radii kept out of designs (resonances, metaatoms.resonance_factor "
+                 "%s): %s nm", nm, int(lib.excluded[j].sum()), lib.radii_m.size, cfg.metaatoms.resonance_factor,
+                 np.round(lib.radii_m[lib.excluded[j]] * 1e9, 1).tolist())
     write_json(out_dir / "convergence.json", {"settings": lib.settings, "convergence": report, "summary": summary})
     plot_library(lib, out_dir / "library.png")
     return summary
