@@ -227,6 +227,23 @@ def _phase_bin(phase: torch.Tensor, n_bins: int) -> torch.Tensor:
     return torch.round(phase.detach().to(torch.float64) * (n_bins / (2 * math.pi))).to(torch.long) % n_bins
 
 
+def catmull_rom(table: torch.Tensor, r: torch.Tensor, lo: float, span: float) -> torch.Tensor:
+    """Cubic Hermite (Catmull-Rom) interpolation of (Re, Im) samples ``table`` (n, 2) on a uniform grid from ``lo``
+    over ``span`` at ``r`` (any shape, same real dtype); end points extrapolated linearly. Complex, shape of ``r``."""
+    n = table.shape[0]
+    u = ((r - lo) / (span / (n - 1))).clamp(0.0, n - 1.0)
+    i = torch.floor(u).clamp(max=n - 2)
+    s = (u - i).unsqueeze(-1)
+    i = i.to(torch.long)
+    # end points extrapolated linearly: p[-1] = 2 p[0] - p[1], p[n] = 2 p[n-1] - p[n-2]
+    ext = torch.cat([2 * table[:1] - table[1:2], table, 2 * table[-1:] - table[-2:-1]], dim=0)
+    p0, p1, p2, p3 = ext[i], ext[i + 1], ext[i + 2], ext[i + 3]
+    m1, m2 = 0.5 * (p2 - p0), 0.5 * (p3 - p1)
+    s2, s3 = s * s, s * s * s
+    val = (2 * s3 - 3 * s2 + 1) * p1 + (s3 - 2 * s2 + s) * m1 + (-2 * s3 + 3 * s2) * p2 + (s3 - s2) * m2
+    return torch.complex(val[..., 0], val[..., 1])
+
+
 class MetaAtomLibrary:
     """Table of zeroth-order complex transmission ``t(r, lambda)`` with a differentiable lookup.
 
@@ -442,18 +459,7 @@ class MetaAtomLibrary:
                 raise ValueError(f"radius_m spans [{float(r.min()):.4e}, {float(r.max()):.4e}] m, outside the meta-atom "
                                  f"table's range [{self.radius_min_m:.4e}, {self.radius_max_m:.4e}] m")
         table = self._tensor_table(wavelength_m, real, r.device)  # (R, 2)
-        n = table.shape[0]
-        u = ((r - self.radius_min_m) / (span / (n - 1))).clamp(0.0, n - 1.0)
-        i = torch.floor(u).clamp(max=n - 2)
-        s = (u - i).unsqueeze(-1)
-        i = i.to(torch.long)
-        # end points extrapolated linearly: p[-1] = 2 p[0] - p[1], p[n] = 2 p[n-1] - p[n-2]
-        ext = torch.cat([2 * table[:1] - table[1:2], table, 2 * table[-1:] - table[-2:-1]], dim=0)
-        p0, p1, p2, p3 = ext[i], ext[i + 1], ext[i + 2], ext[i + 3]
-        m1, m2 = 0.5 * (p2 - p0), 0.5 * (p3 - p1)
-        s2, s3 = s * s, s * s * s
-        val = (2 * s3 - 3 * s2 + 1) * p1 + (s3 - 2 * s2 + s) * m1 + (-2 * s3 + 3 * s2) * p2 + (s3 - s2) * m2
-        return torch.complex(val[..., 0], val[..., 1])
+        return catmull_rom(table, r, self.radius_min_m, span)
 
     # ------------------------------------------------------------------ reverse lookup
     def _dense(self, wavelength_m: float, n: int = 4096) -> tuple[np.ndarray, np.ndarray]:

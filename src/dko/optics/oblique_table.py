@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from dko.io import atomic_path
+from dko.optics.metaatoms import catmull_rom
 
 __all__ = ["fold_direction", "ObliqueTable", "oblique_settings", "build_oblique_table", "default_oblique_path",
            "settings_match", "prepare_oblique_table", "PAIRS"]
@@ -258,17 +259,7 @@ class ObliqueTable:
             raise ValueError(f"radius_m spans [{float(r.min()):.4e}, {float(r.max()):.4e}] m, outside the oblique "
                              f"table's range [{lo:.4e}, {hi:.4e}] m")
         table = torch.as_tensor(np.stack([column.real, column.imag], axis=-1), dtype=real, device=r.device)
-        n = table.shape[0]
-        u = ((r - lo) / (span / (n - 1))).clamp(0.0, n - 1.0)
-        i = torch.floor(u).clamp(max=n - 2)
-        s = (u - i).unsqueeze(-1)
-        i = i.to(torch.long)
-        ext = torch.cat([2 * table[:1] - table[1:2], table, 2 * table[-1:] - table[-2:-1]], dim=0)
-        p0, p1, p2, p3 = ext[i], ext[i + 1], ext[i + 2], ext[i + 3]
-        m1, m2 = 0.5 * (p2 - p0), 0.5 * (p3 - p1)
-        s2, s3 = s * s, s * s * s
-        val = (2 * s3 - 3 * s2 + 1) * p1 + (s3 - 2 * s2 + s) * m1 + (-2 * s3 + 3 * s2) * p2 + (s3 - s2) * m2
-        return torch.complex(val[..., 0], val[..., 1])
+        return catmull_rom(table, r, lo, span)
 
 
 # ----------------------------------------------------------------------------- settings
