@@ -394,8 +394,6 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def _summary(cfg, frontend: FrontEnd, sim: dict, rows: list[dict]) -> dict:
-    lo, hi = sim["table"].lo, sim["table"].hi
-    samples = sorted({round(w, 15) for ch in sim["channels"].values() for w in ch["wavelengths_m"]})
     numerics: FaithfulNumerics = sim["numerics"]
     system: OpticalSystem = sim["system"]
     pad = system.pad_factor if numerics.pad_factor is None else numerics.pad_factor
@@ -421,7 +419,7 @@ def _summary(cfg, frontend: FrontEnd, sim: dict, rows: list[dict]) -> dict:
         "element_pitch_m": sim["pitch"], "route": numerics.route, "fresnel": numerics.fresnel,
         "exact_pixels": numerics.exact_pixels, "pad_factor": pad,
         "plane_m": padded_size(system.n_superpixels, pad) * system.superpixel_m,
-        "metaatoms": {**sim["metaatoms"], "held_wavelengths_m": sorted(sim["metaatoms"]["held_wavelengths_m"])},
+        "metaatoms": sim["metaatoms"],
         "channels": sim["channels"], "field_positions": fields, "by_field": by_field,
         "cheap_model": {"model": "dko.optics.psf.psf_from_radii (optics.* numerics, on axis, passband centre)",
                         "median_rel_l2": _median(rows[:frontend.n_elements], "cheap_rel_l2"),
