@@ -7,7 +7,8 @@ Run: ``python benchmarks/faithful_psf.py [--config config/config.yaml] [--elemen
    superpixel m = ceil(4 s / lambda), M = m x padded_size(N, pad_factor)): median seconds of
    :func:`dko.optics.faithful.faithful_psf` for E random-phase elements (complex64, object at the first configured
    distance, on axis, warm caches) side by side with ``ifft2(fft2(u))`` of an (E, M, M) complex64 tensor, and the
-   ratio (goal <= 2). Interleaved repeats, same device and dtype.
+   ratio (goal <= 2), on axis and at 41 deg, for the default support grid and the full M x M grid
+   (``support_grid=False``). Interleaved repeats, same device and dtype.
 2. **Terms**: an ideal lens (:func:`dko.optics.psf.ideal_lens_transmission`, focused at infinity) at the config's
    geometry and the middle configured wavelength, object at the first configured distance; the faithful model with
    every term on, then with one term changed at a time: window light (= efficiency), centre pixel, light on the
@@ -59,21 +60,29 @@ def interleaved(fns: dict, device: torch.device, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def throughput(system: OpticalSystem, wavelengths, distance_m, elements: int, device, repeats: int) -> list[dict]:
+def throughput(system: OpticalSystem, wavelengths, distance_m, elements: int, device, repeats: int,
+               angles_deg=(0.0, 41.0)) -> list[dict]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     phase = 2 * math.pi * torch.rand(elements, system.n_superpixels, system.n_superpixels, generator=gen)
     t = torch.polar(torch.ones_like(phase), phase).to(device)
     numerics = FaithfulNumerics()
+    full = replace(numerics, support_grid=False)
     rows = []
     for wl in wavelengths:
         m = auto_samples_per_superpixel(system.superpixel_m, wl)
         big = m * padded_size(system.n_superpixels, system.pad_factor)
         field = torch.randn(elements, big, big, dtype=torch.complex64, generator=gen).to(device)
-        with torch.no_grad():
-            med = interleaved({"faithful": lambda: faithful_psf(t, wl, system, numerics, object_distance_m=distance_m),
-                               "fft_pair": lambda: torch.fft.ifft2(torch.fft.fft2(field))}, device, repeats)
-        rows.append({"wavelength_m": wl, "samples_per_superpixel": m, "grid": big, "faithful_s": med["faithful"],
-                     "fft_pair_s": med["fft_pair"], "ratio": med["faithful"] / med["fft_pair"]})
+        for angle_deg in angles_deg:
+            angle = (math.radians(angle_deg), 0.0)
+            with torch.no_grad():
+                med = interleaved({
+                    "faithful": lambda: faithful_psf(t, wl, system, numerics, angle, object_distance_m=distance_m),
+                    "full_grid": lambda: faithful_psf(t, wl, system, full, angle, object_distance_m=distance_m),
+                    "fft_pair": lambda: torch.fft.ifft2(torch.fft.fft2(field))}, device, repeats)
+            rows.append({"wavelength_m": wl, "field_angle_x_deg": angle_deg, "samples_per_superpixel": m,
+                         "grid": big, "faithful_s": med["faithful"], "full_grid_s": med["full_grid"],
+                         "fft_pair_s": med["fft_pair"], "ratio": med["faithful"] / med["fft_pair"],
+                         "full_grid_ratio": med["full_grid"] / med["fft_pair"]})
         del field
     return rows
 
@@ -149,10 +158,12 @@ def main(argv=None) -> dict:
         rows = throughput(system, wavelengths, distance_m, args.elements, device, args.repeats)
         result["throughput"] = rows
         print(f"\nthroughput, E={args.elements} random-phase elements, complex64, median of {args.repeats}")
-        print(f"{'lambda nm':>9} {'m':>3} {'grid M':>7} {'faithful s':>11} {'fft pair s':>11} {'ratio':>6}")
+        print(f"{'lambda nm':>9} {'angle':>5} {'m':>3} {'grid M':>7} {'faithful s':>11} {'full grid s':>11} "
+              f"{'fft pair s':>11} {'ratio':>6} {'full':>6}")
         for r in rows:
-            print(f"{r['wavelength_m'] * 1e9:9.0f} {r['samples_per_superpixel']:3d} {r['grid']:7d} "
-                  f"{r['faithful_s']:11.3f} {r['fft_pair_s']:11.3f} {r['ratio']:6.2f}")
+            print(f"{r['wavelength_m'] * 1e9:9.0f} {r['field_angle_x_deg']:5.0f} {r['samples_per_superpixel']:3d} "
+                  f"{r['grid']:7d} {r['faithful_s']:11.3f} {r['full_grid_s']:11.3f} {r['fft_pair_s']:11.3f} "
+                  f"{r['ratio']:6.2f} {r['full_grid_ratio']:6.2f}")
     if not args.skip_terms:
         wl = wavelengths[len(wavelengths) // 2]
         rows, ref = terms(system, wl, distance_m, device)

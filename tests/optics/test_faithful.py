@@ -2,6 +2,7 @@
 Rayleigh-Sommerfeld sum. Small grids, complex128 where a tolerance is tight."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from dko.optics.faithful import (FaithfulNumerics, auto_samples_per_superpixel, 
                                  library_transmission_fn, pixel_integration_matrix, rayleigh_sommerfeld_staircase,
                                  shifted_transfer_function, spectral_samples, staircase_spectrum,
                                  staircase_spectrum_fft, window_for_fraction)
+from dko.optics.faithful import _fast_size, _resolve, _signed_span, _support_kernel
 from dko.optics.propagation import asm_transfer_function
 from dko.optics.psf import OpticalSystem, ideal_lens_transmission, psf_from_transmission
 
@@ -380,6 +382,41 @@ def test_batches_and_dtypes_agree():
     single = faithful_psf(t, WL, system, FaithfulNumerics(window_px=9))
     assert single.psf.dtype == torch.float64
     assert float((single.psf - all_.psf).abs().max() / all_.psf.max()) < 1e-4
+
+
+@pytest.mark.parametrize("angle_deg, distance_m, band_limit", [((0.0, 0.0), None, True), ((35.0, -20.0), None, True),
+                                                              ((8.0, 3.0), 2e-4, True), ((12.0, 0.0), None, False)])
+def test_support_grid_is_the_full_grid(angle_deg, distance_m, band_limit):
+    """The kept band's support grid gives the full M x M grid's image, window and every ledger entry (complex128:
+    to 1e-10), on and off axis, for a near object and without the band limit; it is much smaller than M x M."""
+    system = OpticalSystem(superpixel_m=0.6e-6, n_superpixels=24, sensor_distance_m=40e-6, pixel_pitch_m=1.2e-6,
+                           pad_factor=2, **C128)
+    gen = torch.Generator().manual_seed(11)
+    t = random_phase((3, 24, 24), seed=11) * (0.6 + 0.4 * torch.rand(3, 24, 24, generator=gen, dtype=torch.float64))
+    angle = tuple(math.radians(a) for a in angle_deg)
+    numerics = FaithfulNumerics(window_px=9, element_pitch_m=(20e-6, 20e-6), band_limit=band_limit, **C128)
+    fast = faithful_psf(t, WL, system, numerics, field_angle_rad=angle, object_distance_m=distance_m)
+    full = faithful_psf(t, WL, system, replace(numerics, support_grid=False), field_angle_rad=angle,
+                        object_distance_m=distance_m)
+    scale = float(full.image.abs().max())
+    assert float((fast.image - full.image).abs().max()) < 1e-10 * scale
+    assert float((fast.psf - full.psf).abs().max()) < 1e-10 * scale
+    for key in full.ledger:
+        assert torch.allclose(fast.ledger[key], full.ledger[key], rtol=1e-9, atol=1e-12), key
+    m, n_pad = _resolve(system, numerics, WL)
+    big = m * n_pad
+    sk = _support_kernel(big, n_pad, m, system.superpixel_m, WL, system.sensor_distance_m, 0.0, 0.0, 0.0, 0.0,
+                         band_limit, "cpu", torch.complex128)
+    # without the band limit the kept band is the propagating disc: |U|^2 then needs 4 / lambda of the m / s band
+    assert sk["ny"] * sk["nx"] < (0.3 if band_limit else 0.9) * big * big
+
+
+def test_fast_size_and_signed_span():
+    assert [_fast_size(n) for n in (1, 7, 11, 97, 1000, 1201)] == [1, 8, 12, 100, 1000, 1215]
+    kept = torch.zeros(10, dtype=torch.bool)
+    kept[[0, 1, 8, 9]] = True  # signed 0, 1, -2, -1
+    assert _signed_span(kept) == (-2, 1)
+    assert _signed_span(torch.zeros(6, dtype=torch.bool)) == (0, 0)
 
 
 def test_validation():

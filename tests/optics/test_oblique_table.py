@@ -100,6 +100,15 @@ def test_lookup_exact_interpolated_held_and_components(table):
     np.testing.assert_allclose(normal[0][1].numpy(), table.jones_at(5.5e-7, (0.0, 0.0))[:, 1, 1], atol=1e-12)
     with pytest.raises(ValueError, match="faithful.polarisation"):
         table.components(r, 5.5e-7, ANGLES[1], polarisation="circular")
+    # the TransmissionFn interpolates each distinct radius once: the same components, gathered
+    lo_r, hi_r = float(table.radii_m[0]), float(table.radii_m[-1])
+    gen = torch.Generator().manual_seed(4)
+    radius = torch.round(lo_r + (hi_r - lo_r) * torch.rand(2, 6, 6, generator=gen, dtype=torch.float64), decimals=8)
+    gathered = table.transmission_fn(radius)(5.45e-7, ANGLES[1])
+    direct = table.components(radius, 5.45e-7, ANGLES[1])
+    assert [(w, pol) for w, _, pol in gathered] == [(w, pol) for w, _, pol in direct]
+    for (_, a, _), (_, b, _) in zip(gathered, direct):
+        assert a.shape == b.shape == (2, 6, 6) and torch.allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_radius_interpolation_and_convergence_are_reported(table):

@@ -66,9 +66,15 @@ Rayleigh-Sommerfeld sum to 3.5e-4; an ideal lens gives the Airy centre-pixel ene
 energy at the first three zeros to 0.3 %; the exact route is converged at the auto m (doubling m changes the PSF by
 < 1e-6) while the sampled staircase (FFT route) converges like (s/m)^2.
 
-Cost: one small FFT (N_pad^2), one M^2 tiling multiply, one M^2 inverse FFT, |U|^2 and two matrix products with
-the (Q, M) pixel matrix per element: 1.02-1.05 x the bare FFT pair of the same M x M grid at the default geometry
-on a 2-core CPU at load 2 (up to 2.8 x on a loaded one; benchmarks/faithful_psf.py). Complex64 by default; psf /
+Cost: one small FFT (N_pad^2) per element; with the exact route and exact pixels (default, ``support_grid``) the
+sensor field is formed only where the transfer function is non-zero: the kept (propagating, band-limited) frequencies
+fill a box of nr x nc of the M x M grid (at the default geometry 27 % per axis on the axis, 1-19 % at 41-71 deg), and
+over the period L the field is a trigonometric polynomial of those harmonics, so its values on an Ny x Nx grid
+(Ny >= 2 nr, Nx >= 2 nc, same plane) are one small inverse FFT of the box, |U|^2 on that grid is exact, and the exact
+pixel integral is that of the M x M grid (tests: equal to 1e-10). The full M x M route (``support_grid=False``,
+always with cell-constant pixels) costs one M^2 tiling multiply, one M^2 inverse FFT, |U|^2 and two matrix products
+with the (Q, M) pixel matrix per element. benchmarks/faithful_psf.py measures both against the bare FFT pair of M x M.
+Complex64 by default; psf /
 image / ledger are returned in float64.
 """
 
@@ -135,7 +141,11 @@ class FaithfulNumerics:
             simulated plane is the element's own area).
         element_area_m: (height, width) of each element's sensor area, centred on its axis; None = the pitch.
         dtype: complex64 (default) or complex128.
-        max_batch: elements propagated together (memory: about 5 x 16 M^2 bytes per element in complex64).
+        max_batch: elements propagated together (memory on the full M x M grid: about 5 x 16 M^2 bytes per element in
+            complex64; the support grid needs a fraction of it).
+        support_grid: with the exact route and exact pixels, form |U|^2 on the kept band's support grid
+            (:func:`_support_kernel`: the same image and ledger to rounding, a fraction of the M^2 cost); False =
+            on the full M x M grid (the check of it).
     """
 
     samples_per_superpixel: int | None = None
@@ -150,6 +160,7 @@ class FaithfulNumerics:
     element_area_m: tuple[float, float] | None = None
     dtype: torch.dtype = torch.complex64
     max_batch: int = 4
+    support_grid: bool = True
 
     def __post_init__(self):
         m = self.samples_per_superpixel
@@ -320,16 +331,13 @@ def staircase_spectrum_fft(values: torch.Tensor, superpixel_m: float, m: int, n_
     return dft * w[:, None] * w[None, :]
 
 
-@functools.lru_cache(maxsize=8)
-def _transfer_cached(big: int, dx: float, wavelength_m: float, z: float, f0x: float, f0y: float, x0: float,
-                     y0: float, band_limit: bool, device: str, dtype: torch.dtype):
-    g = _freqs(big, dx, device)
-    length = big * dx
-    fx, fy = f0x + g, f0y + g
+def _band(gy: torch.Tensor, gx: torch.Tensor, wavelength_m: float, z: float, f0x: float, f0y: float, x0: float,
+          y0: float, length: float, band_limit: bool):
+    """(arg = 1/lambda^2 - |f|^2 float64 (Y, X), propagating bool, kept bool) on rows gy x columns gx (FFT freqs)."""
+    fx, fy = f0x + gx, f0y + gy
     inv2 = 1.0 / wavelength_m**2
     arg = inv2 - fx[None, :] ** 2 - fy[:, None] ** 2
     prop = arg > 0
-    kz = torch.sqrt(torch.clamp(arg, min=0.0))
     keep = prop
     if band_limit:
         def ok(f, c):
@@ -337,6 +345,15 @@ def _transfer_cached(big: int, dx: float, wavelength_m: float, z: float, f0x: fl
             tan = torch.where(a > 0, f / torch.sqrt(torch.clamp(a, min=1e-300)), torch.full_like(f, math.inf))
             return (z * tan - c).abs() <= length / 2
         keep = keep & ok(fx, x0)[None, :] & ok(fy, y0)[:, None]
+    return arg, prop, keep
+
+
+@functools.lru_cache(maxsize=8)
+def _transfer_cached(big: int, dx: float, wavelength_m: float, z: float, f0x: float, f0y: float, x0: float,
+                     y0: float, band_limit: bool, device: str, dtype: torch.dtype):
+    g = _freqs(big, dx, device)
+    arg, prop, keep = _band(g, g, wavelength_m, z, f0x, f0y, x0, y0, big * dx, band_limit)
+    kz = torch.sqrt(torch.clamp(arg, min=0.0))
     # output samples at x0 + (n - (M - 1) / 2) dx: phase exp(i 2 pi g (x0 - (M - 1) dx / 2))
     sx = 2 * math.pi * g * (x0 - (big - 1) * dx / 2)
     sy = 2 * math.pi * g * (y0 - (big - 1) * dx / 2)
@@ -485,6 +502,84 @@ def _exact_kernel(big: int, n_pad: int, m: int, superpixel_m: float, wavelength_
     return kernel, folded
 
 
+def _fast_size(n: int) -> int:
+    """Smallest 5-smooth integer >= n (a fast FFT length)."""
+    k = max(1, int(n))
+    while True:
+        r = k
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return k
+        k += 1
+
+
+def _signed_span(any_kept: torch.Tensor) -> tuple[int, int]:
+    """(lowest, highest) signed FFT index (fftfreq order) with a kept frequency; (0, 0) if none is."""
+    n = any_kept.numel()
+    signed = torch.arange(n, device=any_kept.device)
+    signed = torch.where(signed < (n + 1) // 2, signed, signed - n)[any_kept]
+    if signed.numel() == 0:
+        return 0, 0
+    return int(signed.min()), int(signed.max())
+
+
+@functools.lru_cache(maxsize=8)
+def _support_kernel(big: int, n_pad: int, m: int, superpixel_m: float, wavelength_m: float, z: float, f0x: float,
+                    f0y: float, x0: float, y0: float, band_limit: bool, device: str, dtype: torch.dtype):
+    """Exact route restricted to the kept band (the "support grid" of :func:`faithful_psf`).
+
+    The kept frequencies (propagating, inside the band limit) fill a box of nr x nc signed FFT indices of the
+    M x M grid, usually a few per cent of it. Over the period L = M dx the sensor field is a trigonometric
+    polynomial with those harmonics only, so its values on any Ny x Nx grid (pitch L / Ny, L / Nx, the same
+    centre) with Ny >= nr, Nx >= nc are an inverse DFT of the box folded modulo (Ny, Nx), and |U|^2 (harmonics
+    below nr, nc) is exactly represented by its samples when Ny >= 2 nr, Nx >= 2 nc: the exact pixel integral,
+    the plane's power and the image are then those of the M x M grid, at a fraction of its cost.
+
+    Returns:
+        dict: kernel (nr, nc) of ``dtype`` (sinc x phase x H, output shift to the support grid, scaled so that its
+        ifft2 is the field), rows_src / cols_src (the box's indices into the N_pad DFT), rows_dst / cols_dst (into
+        the Ny x Nx grid), ny, nx, folded (3, n_pad, n_pad) float64 (as :func:`_exact_kernel`).
+    """
+    dx = superpixel_m / m
+    length = big * dx
+    g = _freqs(big, dx, device)
+    w_abs2 = (superpixel_m * _sinc(g * superpixel_m)) ** 2
+    fold1 = w_abs2.reshape(m, n_pad).sum(dim=0)
+    # propagating frequencies lie in the box |f0 + g| < 1 / lambda per axis: the ledger's folds need only that box
+    rows = torch.nonzero((f0y + g).abs() < 1.0 / wavelength_m).flatten()
+    cols = torch.nonzero((f0x + g).abs() < 1.0 / wavelength_m).flatten()
+    _, prop, keep = _band(g[rows], g[cols], wavelength_m, z, f0x, f0y, x0, y0, length, band_limit)
+    p2 = w_abs2[rows][:, None] * w_abs2[cols][None, :]
+
+    def fold(a):
+        a = torch.zeros(n_pad, a.shape[1], dtype=a.dtype, device=a.device).index_add_(0, rows % n_pad, a)
+        return torch.zeros(n_pad, n_pad, dtype=a.dtype, device=a.device).index_add_(1, cols % n_pad, a)
+
+    folded = torch.stack([fold1[:, None] * fold1[None, :], fold(p2 * prop), fold(p2 * keep)]) / length**2
+    any_r = torch.zeros(big, dtype=torch.bool, device=g.device)
+    any_c = torch.zeros(big, dtype=torch.bool, device=g.device)
+    any_r[rows] = keep.any(dim=1)
+    any_c[cols] = keep.any(dim=0)
+    (r0, r1), (c0, c1) = _signed_span(any_r), _signed_span(any_c)
+    ks_r = torch.arange(r0, r1 + 1, device=g.device)
+    ks_c = torch.arange(c0, c1 + 1, device=g.device)
+    ny, nx = min(_fast_size(2 * ks_r.numel()), big), min(_fast_size(2 * ks_c.numel()), big)
+    gr, gc = ks_r.to(torch.float64) / length, ks_c.to(torch.float64) / length
+    arg_b, _, keep_b = _band(gr, gc, wavelength_m, z, f0x, f0y, x0, y0, length, band_limit)
+    kz = torch.sqrt(torch.clamp(arg_b, min=0.0))
+    # output samples at x0 + (n - (Nx - 1) / 2) L / Nx
+    phase = (2 * math.pi * z * kz + (2 * math.pi * gc * (x0 - (nx - 1) * length / nx / 2))[None, :]
+             + (2 * math.pi * gr * (y0 - (ny - 1) * length / ny / 2))[:, None])
+    wr = torch.polar(superpixel_m * _sinc(gr * superpixel_m), math.pi * gr * (n_pad - 1) * superpixel_m)
+    wc = torch.polar(superpixel_m * _sinc(gc * superpixel_m), math.pi * gc * (n_pad - 1) * superpixel_m)
+    scale = (ny * nx) / (big * big) / (dx * dx)
+    kernel = (wr[:, None] * wc[None, :] * torch.polar(keep_b.to(torch.float64), phase) * scale).to(dtype)
+    return dict(kernel=kernel, rows_src=ks_r % n_pad, cols_src=ks_c % n_pad, rows_dst=ks_r % ny, cols_dst=ks_c % nx,
+                ny=ny, nx=nx, folded=folded)
+
+
 def _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object_distance_m, centre_m,
            polarisation=None):
     """Everything the batches share: values (E, N, N) complex128, illumination, grids, powers (see faithful_field)."""
@@ -525,26 +620,46 @@ def _setup(transmission, wavelength_m, system, numerics, field_angle_rad, object
     return info
 
 
-def _batches(info, numerics: FaithfulNumerics, system: OpticalSystem, wavelength_m: float, device):
-    """Yield (field complex (e, M, M) of numerics.dtype, on_grid, propagating, kept float64 (e,)) per batch."""
+def _batches(info, numerics: FaithfulNumerics, system: OpticalSystem, wavelength_m: float, device,
+             support: bool = False):
+    """Yield (field complex (e, Ny, Nx) of numerics.dtype, (pitch_y, pitch_x) metres, on_grid, propagating, kept
+    float64 (e,)) per batch, on the M x M grid (Ny = Nx = M, pitch dx) or, with ``support`` (exact route only), on
+    the support grid of :func:`_support_kernel` (same plane and centre)."""
     m, n_pad, big, dx = info["m"], info["n_pad"], info["big"], info["dx"]
     s = system.superpixel_m
     args = (float(wavelength_m), float(system.sensor_distance_m), float(info["f0"][0]), float(info["f0"][1]),
             float(info["centre"][0]), float(info["centre"][1]), bool(numerics.band_limit), _device_key(device))
     values = info["values"]
     scale = 1.0 / (dx * dx)
-    if numerics.route == "exact":
+    if support:
+        if numerics.route != "exact":
+            raise ValueError("the support grid needs faithful route 'exact'")
+        sk = _support_kernel(big, n_pad, m, float(s), *args, numerics.dtype)
+        ny, nx, folded = sk["ny"], sk["nx"], sk["folded"]
+        pitch = (big * dx / ny, big * dx / nx)
+        for lo in range(0, values.shape[0], numerics.max_batch):
+            v = center_pad(values[lo:lo + numerics.max_batch], (n_pad, n_pad))
+            dft = torch.fft.fft2(v)
+            p = dft.real ** 2 + dft.imag ** 2
+            sums = p.flatten(1) @ folded.flatten(1).T  # (e, 3)
+            box = dft[:, sk["rows_src"]][:, :, sk["cols_src"]].to(numerics.dtype) * sk["kernel"]
+            spec = torch.zeros(v.shape[0], ny, nx, dtype=numerics.dtype, device=v.device)
+            spec[:, sk["rows_dst"][:, None], sk["cols_dst"][None, :]] = box
+            u = torch.fft.ifft2(spec)
+            del spec
+            yield u, pitch, sums[:, 0], sums[:, 1], sums[:, 2]
+    elif numerics.route == "exact":
         kernel, folded = _exact_kernel(big, n_pad, m, float(s), *args, numerics.dtype)  # kernel includes 1/dx^2
         for lo in range(0, values.shape[0], numerics.max_batch):
             v = center_pad(values[lo:lo + numerics.max_batch], (n_pad, n_pad))
             dft = torch.fft.fft2(v)
             p = dft.real ** 2 + dft.imag ** 2
-            sums = (p[:, None] * folded[None]).sum(dim=(-2, -1))  # (e, 3)
+            sums = p.flatten(1) @ folded.flatten(1).T  # (e, 3)
             spec = dft.to(numerics.dtype).repeat(1, m, m)
             spec *= kernel
             u = torch.fft.ifft2(spec)
             del spec
-            yield u, sums[:, 0], sums[:, 1], sums[:, 2]
+            yield u, (dx, dx), sums[:, 0], sums[:, 1], sums[:, 2]
     else:
         h, prop, keep = _transfer_cached(big, dx, *args, numerics.dtype)
         df2 = 1.0 / (big * dx) ** 2
@@ -559,7 +674,7 @@ def _batches(info, numerics: FaithfulNumerics, system: OpticalSystem, wavelength
             u = torch.fft.ifft2(spec)
             del spec
             u *= scale
-            yield (u, *sums)
+            yield (u, (dx, dx), *sums)
 
 
 def _device_key(device) -> str:
@@ -643,14 +758,18 @@ def faithful_psf(transmission: torch.Tensor, wavelength_m: float, system: Optica
         raise ValueError(f"faithful window_px={numerics.window_px} exceeds the {q} pixels of the simulated plane "
                          f"({length:.3e} m): raise faithful pad_factor")
     rdtype = _REAL[numerics.dtype]
-    w = pixel_integration_matrix(big, dx, p, q, exact=numerics.exact_pixels).to(device=device, dtype=rdtype)
+    support = numerics.support_grid and numerics.route == "exact" and numerics.exact_pixels
     images, planes, sums = [], [], []
-    for u, on_grid, propagating, kept in _batches(info, numerics, system, wavelength_m, device):
+    for u, (py, px), on_grid, propagating, kept in _batches(info, numerics, system, wavelength_m, device, support):
+        wy = pixel_integration_matrix(u.shape[-2], py, p, q, exact=numerics.exact_pixels).to(device=device,
+                                                                                            dtype=rdtype)
+        wx = pixel_integration_matrix(u.shape[-1], px, p, q, exact=numerics.exact_pixels).to(device=device,
+                                                                                            dtype=rdtype)
         intensity = u.real.square()
         intensity.addcmul_(u.imag, u.imag)
         del u
-        images.append(torch.matmul(torch.matmul(w, intensity), w.transpose(0, 1)).double())
-        planes.append(intensity.sum(dim=(-2, -1)).double() * dx * dx)
+        images.append(torch.matmul(torch.matmul(wy, intensity), wx.transpose(0, 1)).double())
+        planes.append(intensity.sum(dim=(-2, -1)).double() * py * px)
         sums.append(torch.stack([on_grid, propagating, kept], dim=-1))
         del intensity
     inc = info["incident"]
@@ -880,13 +999,15 @@ def library_transmission_fn(library, radius_m: torch.Tensor) -> TransmissionFn:
 
     ``library.transmission(radius, wavelength)`` (:class:`dko.optics.metaatoms.MetaAtomLibrary`) is tabulated at
     normal incidence: the field angle is accepted and not used (``faithful.metaatom_model: normal_incidence``;
-    :func:`dko.optics.oblique_table.oblique_transmission_fn` is the oblique, polarisation-resolved table).
+    :meth:`dko.optics.oblique_table.ObliqueTable.transmission_fn` is the oblique, polarisation-resolved table).
+    The table is interpolated once per distinct radius (a GDSII design has a few thousand) and gathered.
     """
     radius = radius_m[None] if radius_m.ndim == 2 else radius_m
+    distinct, inverse = torch.unique(radius, return_inverse=True)
 
     def fn(wavelength_m: float, field_angle_rad: tuple[float, float]) -> torch.Tensor:
         with torch.no_grad():
-            return library.transmission(radius, wavelength_m)
+            return library.transmission(distinct, wavelength_m)[inverse]
 
     return fn
 

@@ -219,7 +219,7 @@ class ObliqueTable:
         normal-incidence transmission whatever the direction: the oblique term switched off). Cross-polarised
         columns whose power never exceeds ``cross_power_floor`` (default 1e-6 of the input) are skipped: in a mirror
         plane of the lattice (azimuth 0 or 45 deg) they vanish by symmetry (the solver's ~1e-17), elsewhere they
-        carry up to ~15 % (``report["cross_power_max"]``); skipped light is booked as lost by the metasurface.
+        carry up to ~25 % (``report["cross_power_max"]``); skipped light is booked as lost by the metasurface.
         """
         if polarisation not in ("unpolarised", "s", "p", "normal"):
             raise ValueError(f"config key 'faithful.polarisation' must be unpolarised, s, p or normal, got "
@@ -240,12 +240,15 @@ class ObliqueTable:
         return out
 
     def transmission_fn(self, radius_m: torch.Tensor, polarisation: str = "unpolarised"):
-        """:data:`dko.optics.faithful.TransmissionFn` of pillar radii (E, N, N) metres: the components above."""
+        """:data:`dko.optics.faithful.TransmissionFn` of pillar radii (E, N, N) metres: the components above
+        (interpolated once per distinct radius, a few thousand in a GDSII design, and gathered)."""
         radius = radius_m[None] if radius_m.ndim == 2 else radius_m
+        distinct, inverse = torch.unique(radius, return_inverse=True)
 
         def fn(wavelength_m: float, field_angle_rad: tuple[float, float]):
             with torch.no_grad():
-                return self.components(radius, wavelength_m, field_angle_rad, polarisation=polarisation)
+                return [(w, t[inverse], pol) for w, t, pol in
+                        self.components(distinct, wavelength_m, field_angle_rad, polarisation=polarisation)]
 
         return fn
 
