@@ -67,6 +67,7 @@ __all__ = [
     "FACTORISATIONS",
     "solve_transmission_oblique",
     "solve_transmission_meent",
+    "solve_jones_meent",
     "MEENT_FACTORISATIONS",
     "MEENT_FOURIER_TYPES",
     "unpolarised_power",
@@ -418,6 +419,67 @@ def solve_transmission_meent(radii_m: Sequence[float] | np.ndarray, wavelengths_
                         amp, power = sol[pol]
                         phase = -np.angle(amp * np.conj(ref[pol][0]))  # meent: exp(+i omega t)
                         out[i, j, k, q] = math.sqrt(max(power, 0.0)) * np.exp(1j * phase)
+    return out
+
+
+def solve_jones_meent(radii_m: Sequence[float] | np.ndarray, wavelength_m: float, polar_rad: float, azimuth_rad: float,
+                      *, pillar_index: float, substrate_index: float, pillar_height_m: float, period_m: float,
+                      order: int, grid_points: int = GRID_POINTS, factorisation: str = "li",
+                      fourier_type: str = "discrete", blas_threads: int | None = 1) -> np.ndarray:
+    """Zeroth-order Jones matrices ``J[out, in]`` (s, p) of pillars by meent, in the conventions of
+    :mod:`dko.optics.oblique_table` (the cross-check of its oblique, cross-polarised entries).
+
+    One direction: polar angle ``polar_rad`` in air, azimuth ``azimuth_rad`` from the x lattice vector.
+    ``|J[o, i]| = sqrt(de_ti)`` (meent's zeroth-order power fraction into output polarisation o for input i), phase
+    ``-arg(T[o, i] conj(T_empty[i, i]))`` (exp(+i omega t), referenced to the empty cell's co-polarised order as the
+    table is). meent's p basis vector differs from torcwa's by a constant phase: measured ``J_torcwa[s, p] =
+    i J_meent[s, p]`` and ``J_torcwa[p, s] = -i J_meent[p, s]`` at every radius, wavelength, polar angle and
+    azimuth tried (a diagonal unitary change of basis: powers, ``J[s, p] J[p, s]`` and unpolarised PSFs are
+    unchanged); it is applied here, so both solvers' matrices compare entry by entry.
+
+    Returns:
+        complex128 (R, 2, 2).
+    """
+    import meent
+
+    _check_physics(pillar_index, substrate_index, pillar_height_m, period_m, order, grid_points)
+    radii, _, _ = _check_axes(radii_m, [wavelength_m], [polar_rad], period_m)
+    if factorisation not in MEENT_FACTORISATIONS or fourier_type not in MEENT_FOURIER_TYPES:
+        raise ValueError(f"rcwa_oblique: meent factorisation / fourier_type must be in {MEENT_FACTORISATIONS} / "
+                         f"{MEENT_FOURIER_TYPES}, got {factorisation!r} / {fourier_type!r}")
+    limit = contextlib.nullcontext()
+    if blas_threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limit = threadpool_limits(limits=int(blas_threads), user_api="blas")
+        except ImportError:  # pragma: no cover - threadpoolctl is optional
+            pass
+    wl_um, n_sub = float(wavelength_m) * _UM, float(substrate_index)
+    theta = math.asin(math.sin(float(polar_rad)) / n_sub)
+
+    def solve(n_grid):
+        mee = meent.call_mee(backend=0, pol=0.0, n_top=n_sub, n_bot=1.0, theta=theta, phi=float(azimuth_rad),
+                             fto=[order, order], period=[period_m * _UM] * 2, wavelength=wl_um,
+                             thickness=[pillar_height_m * _UM], ucell=n_grid[None].astype(np.float64),
+                             type_complex=np.complex128)
+        res = mee.solve_for_conv(wl_um, *_meent_conv(n_grid, order, factorisation, fourier_type))
+        te, tm = res.res_te_inc, res.res_tm_inc  # s input, p input
+        amp = np.array([[te.T_s[order, order], tm.T_s[order, order]], [te.T_p[order, order], tm.T_p[order, order]]])
+        power = np.array([[te.de_ti_s[order, order], tm.de_ti_s[order, order]],
+                          [te.de_ti_p[order, order], tm.de_ti_p[order, order]]], dtype=np.float64)
+        return amp, power
+
+    basis = np.array([[1.0, 1j], [-1j, 1.0]])  # meent's p basis -> torcwa's (see above)
+    out = np.empty((radii.size, 2, 2), dtype=np.complex128)
+    with limit:
+        ref, _ = solve(np.ones((grid_points, grid_points)))
+        for i, r in enumerate(radii):
+            grid = np.ones((grid_points, grid_points)) if r == 0 else np.sqrt(_pillar_permittivity(
+                r, period_m, grid_points, float(pillar_index) ** 2, torch.complex128, torch.device("cpu")).real.numpy())
+            amp, power = solve(grid)
+            phase = -np.angle(amp * np.conj(np.diag(ref))[None, :])
+            out[i] = basis * np.sqrt(np.clip(power, 0.0, None)) * np.exp(1j * phase)
     return out
 
 
