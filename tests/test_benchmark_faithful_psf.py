@@ -18,7 +18,9 @@ def test_faithful_psf_benchmark_runs_on_a_toy_geometry(tmp_path, repo_root):
                           capture_output=True, text=True, timeout=300, cwd=repo_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert len(result["throughput"]) == 3 and all(r["ratio"] > 0 for r in result["throughput"])
+    rows = result["throughput"]
+    assert len(rows) == 6 and {r["field_angle_x_deg"] for r in rows} == {0.0, 41.0}  # 3 wavelengths x 2 angles
+    assert all(r["ratio"] > 0 and r["full_grid_ratio"] > 0 for r in rows)
     variants = {r["variant"]: r for r in result["terms"]}
     assert variants["faithful (all terms)"]["rel_l2_vs_faithful"] == 0.0
     ledger = result["faithful_ledger"]

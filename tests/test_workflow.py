@@ -409,3 +409,24 @@ def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_r
     assert written["reference"] == "2x2:3" and (tmp_path / "out" / "faithful_image_convergence.csv").is_file()
     with pytest.raises(ValueError, match="FyxFx:S"):
         bench.parse_setting("3by5")
+
+
+def test_faithful_distance_sensitivity_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
+    """benchmarks/faithful_distance_sensitivity.py on the smoke run's DKO design (its oblique table): one row per depth
+    layer distance, the nearer layer changes the faithful PSFs more than the farther one, the JSON is written."""
+    import importlib.util
+    import json
+
+    run_dir, cfg_path, proc = smoke_run
+    assert proc.returncode == 0
+    spec = importlib.util.spec_from_file_location("fds", repo_root / "benchmarks" / "faithful_distance_sensitivity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = bench.main([str(tmp_path / "out"), "--exp", str(run_dir / "results" / "smoke"), "--config",
+                          str(cfg_path), "--threads", "1", "--no-mlflow"])
+    rows = {r["object_distance_m"]: r for r in summary["rows"]}
+    assert summary["metaatom_model"] == "oblique" and set(rows) == {2.0, 20.0} - {summary["design_distance_m"]}
+    near, far = min(rows), max(rows)
+    assert rows[near]["median_rel_diff"] > rows[far]["median_rel_diff"] > 0
+    written = json.loads((tmp_path / "out" / "faithful_distance_sensitivity.json").read_text())
+    assert written["rows"] == summary["rows"]
