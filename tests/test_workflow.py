@@ -363,17 +363,24 @@ def test_snakemake_lint_is_clean(repo_root, venv_bin):
     assert proc.stdout.count("lint clean") == 2
 
 
+def _benchmark(repo_root, name: str):
+    """Import benchmarks/<name>.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_flat_field_cap_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
     """benchmarks/flat_field_cap.py: with no cap it reproduces the pipeline's own dko evaluation exactly; a cap bounds
     the largest gain; the CSV is written."""
-    import importlib.util
     import json
 
     run_dir, cfg_path, proc = smoke_run
     assert proc.returncode == 0
-    spec = importlib.util.spec_from_file_location("ffc", repo_root / "benchmarks" / "flat_field_cap.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark(repo_root, "flat_field_cap")
     exp = run_dir / "results" / "smoke"
     common = ["--exp", str(exp), "--config", str(cfg_path), "--models", "dko", "--no-mlflow"]
     free = bench.main([str(tmp_path / "free"), "--caps", "none", *common])[0]
@@ -388,14 +395,11 @@ def test_flat_field_cap_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_pat
 def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
     """benchmarks/faithful_image_convergence.py on the smoke run's DKO design: the reference setting against itself
     differs by nothing, a coarser grid and one wavelength by something, and the files are written."""
-    import importlib.util
     import json
 
     run_dir, cfg_path, proc = smoke_run
     assert proc.returncode == 0
-    spec = importlib.util.spec_from_file_location("fic", repo_root / "benchmarks" / "faithful_image_convergence.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark(repo_root, "faithful_image_convergence")
     summary = bench.main([str(tmp_path / "out"), "--exp", str(run_dir / "results" / "smoke"), "--config",
                           str(cfg_path), "--elements", "4", "--images", "2", "--settings", "2x2:3", "1x1:1",
                           "--reference", "2x2:3", "--threads", "1", "--tolerance", "1e-6", "--no-mlflow"])
@@ -414,14 +418,11 @@ def test_faithful_image_convergence_benchmark_on_the_smoke_run(smoke_run, repo_r
 def test_faithful_distance_sensitivity_benchmark_on_the_smoke_run(smoke_run, repo_root, tmp_path):
     """benchmarks/faithful_distance_sensitivity.py on the smoke run's DKO design (its oblique table): one row per depth
     layer distance, the nearer layer changes the faithful PSFs more than the farther one, the JSON is written."""
-    import importlib.util
     import json
 
     run_dir, cfg_path, proc = smoke_run
     assert proc.returncode == 0
-    spec = importlib.util.spec_from_file_location("fds", repo_root / "benchmarks" / "faithful_distance_sensitivity.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark(repo_root, "faithful_distance_sensitivity")
     summary = bench.main([str(tmp_path / "out"), "--exp", str(run_dir / "results" / "smoke"), "--config",
                           str(cfg_path), "--threads", "1", "--no-mlflow"])
     rows = {r["object_distance_m"]: r for r in summary["rows"]}

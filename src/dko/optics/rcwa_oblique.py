@@ -340,6 +340,18 @@ def _meent_t00(n_grid: np.ndarray, conv, wavelength_um: float, period_um: float,
             "p": (complex(tm.T_p[order, order]), float(tm.de_ti_p[order, order]))}
 
 
+def _blas_limit(blas_threads: int | None):
+    """Context limiting numpy's BLAS threads (threadpoolctl when installed; None = leave as is)."""
+    if blas_threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            return threadpool_limits(limits=int(blas_threads), user_api="blas")
+        except ImportError:  # pragma: no cover - threadpoolctl is optional
+            pass
+    return contextlib.nullcontext()
+
+
 def solve_transmission_meent(radii_m: Sequence[float] | np.ndarray, wavelengths_m: Sequence[float] | np.ndarray,
                              angles_rad: Sequence[float] | np.ndarray, *, pillar_index: float, substrate_index: float,
                              pillar_height_m: float, period_m: float, order: int,
@@ -392,14 +404,7 @@ def solve_transmission_meent(radii_m: Sequence[float] | np.ndarray, wavelengths_
         raise ValueError(f"rcwa_oblique: fourier_type must be one of {MEENT_FOURIER_TYPES}, got {fourier_type!r}")
     if not math.isfinite(float(azimuth_rad)):
         raise ValueError(f"rcwa_oblique: azimuth_rad must be finite, got {azimuth_rad!r}")
-    limit = contextlib.nullcontext()
-    if blas_threads is not None:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            limit = threadpool_limits(limits=int(blas_threads), user_api="blas")
-        except ImportError:  # pragma: no cover - threadpoolctl is optional
-            pass
+    limit = _blas_limit(blas_threads)
     eps_p = float(pillar_index) ** 2
     common = dict(period_um=period_m * _UM, height_um=pillar_height_m * _UM, n_substrate=float(substrate_index),
                   order=order, azimuth_rad=float(azimuth_rad))
@@ -447,14 +452,7 @@ def solve_jones_meent(radii_m: Sequence[float] | np.ndarray, wavelength_m: float
     if factorisation not in MEENT_FACTORISATIONS or fourier_type not in MEENT_FOURIER_TYPES:
         raise ValueError(f"rcwa_oblique: meent factorisation / fourier_type must be in {MEENT_FACTORISATIONS} / "
                          f"{MEENT_FOURIER_TYPES}, got {factorisation!r} / {fourier_type!r}")
-    limit = contextlib.nullcontext()
-    if blas_threads is not None:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            limit = threadpool_limits(limits=int(blas_threads), user_api="blas")
-        except ImportError:  # pragma: no cover - threadpoolctl is optional
-            pass
+    limit = _blas_limit(blas_threads)
     wl_um, n_sub = float(wavelength_m) * _UM, float(substrate_index)
     theta = math.asin(math.sin(float(polar_rad)) / n_sub)
 
